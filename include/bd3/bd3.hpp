@@ -2,4 +2,15 @@
 // bd3: Block Discrete Denoising Diffusion Language Models (BD3-LMs) in C++.
 // The one header users include.
 #include <bd3/error.hpp>
+#include <bd3/policies/attention.hpp>
+#include <bd3/policies/block_size.hpp>
+#include <bd3/policies/noise.hpp>
 #include <bd3/io/atomic_file.hpp>
+#include <bd3/io/npy.hpp>
+#include <bd3/io/safetensors.hpp>
+#include <bd3/model/config.hpp>
+#include <bd3/model/parameters.hpp>
+#include <bd3/model/kv_cache.hpp>
+#include <bd3/model/model.hpp>
+#include <bd3/model/checkpoint.hpp>
+#include <bd3/diffusion/nelbo.hpp>

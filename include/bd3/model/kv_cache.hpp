@@ -1,0 +1,79 @@
+#pragma once
+// The KV cache of the sampler: per layer and sequence, the keys (after rotary, at their
+// absolute positions) and values of the committed clean blocks, as a sliding window.
+// The window holds model_length tokens, the current block included, so at most
+// model_length - block_size committed tokens are kept; older blocks drop out. A cached
+// block keeps the keys and values it got when it was committed (SPEC "KV cache").
+#include <bd3/error.hpp>
+#include <bd3/model/config.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+namespace bd3 {
+
+template <class T>
+class KVCache {
+ public:
+  KVCache() = default;
+  KVCache(const ModelConfig& c, int batch) { reset(c, batch); }
+
+  void reset(const ModelConfig& c, int batch) {
+    if (batch < 1) fail_usage("KV cache: batch must be >= 1");
+    n_layers_ = c.n_blocks;
+    dim_ = c.hidden_dim;
+    window_ = c.model_length;
+    block_size_ = c.block_size;
+    batch_ = batch;
+    length_ = 0;
+    next_position_ = 0;
+    const size_t n = size_t(n_layers_) * batch_ * window_ * dim_;
+    keys_.assign(n, T(0));
+    values_.assign(n, T(0));
+  }
+
+  int batch() const { return batch_; }
+  int length() const { return length_; }          // committed tokens held
+  int window() const { return window_; }
+  int block_size() const { return block_size_; }
+  int64_t next_position() const { return next_position_; }  // position of the next block's row 0
+  int64_t committed_tokens() const { return next_position_; }
+
+  // Rows [0, length) are committed; rows [length, length + block_size) are the scratch
+  // space for the block being processed. Row stride is hidden_dim.
+  T* keys(int layer, int b) { return keys_.data() + offset(layer, b); }
+  T* values(int layer, int b) { return values_.data() + offset(layer, b); }
+  const T* keys(int layer, int b) const { return keys_.data() + offset(layer, b); }
+  const T* values(int layer, int b) const { return values_.data() + offset(layer, b); }
+
+  // Makes the scratch rows (filled by the model for every layer) committed, and slides
+  // the window when it is full.
+  void commit_scratch() {
+    length_ += block_size_;
+    next_position_ += block_size_;
+    if (length_ > window_ - block_size_) {
+      const size_t keep = size_t(window_ - block_size_) * dim_;
+      for (int l = 0; l < n_layers_; ++l)
+        for (int b = 0; b < batch_; ++b) {
+          T* k = keys(l, b);
+          T* v = values(l, b);
+          const size_t drop = size_t(length_ - (window_ - block_size_)) * dim_;
+          std::copy(k + drop, k + drop + keep, k);
+          std::copy(v + drop, v + drop + keep, v);
+        }
+      length_ = window_ - block_size_;
+    }
+  }
+
+  size_t bytes() const { return (keys_.size() + values_.size()) * sizeof(T); }
+
+ private:
+  size_t offset(int layer, int b) const { return (size_t(layer) * batch_ + b) * window_ * dim_; }
+  int n_layers_ = 0, dim_ = 0, window_ = 0, block_size_ = 1, batch_ = 1;
+  int length_ = 0;
+  int64_t next_position_ = 0;
+  std::vector<T> keys_, values_;
+};
+
+}  // namespace bd3

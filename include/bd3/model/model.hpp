@@ -1,0 +1,435 @@
+#pragma once
+// BlockDiffusionModel: the DiT backbone of BD3-LMs (SPEC "Network"), with
+//  (a) the vectorized training forward over [xt, x0] under the block-diffusion mask,
+//  (b) the sampling forward of one block against a KVCache,
+//  (c) committing a clean block to the cache,
+//  (d) a full forward under the banded block-causal mask (what the cache computes).
+// Parameters live in one flat buffer described by ParameterLayout.
+#include <bd3/kernels/kernels.hpp>
+#include <bd3/layers/attention.hpp>
+#include <bd3/model/config.hpp>
+#include <bd3/model/kv_cache.hpp>
+#include <bd3/model/parameters.hpp>
+#include <bd3/policies/attention.hpp>
+#include <bd3/policies/block_size.hpp>
+#include <bd3/policies/noise.hpp>
+
+#include <Eigen/Dense>
+
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+namespace bd3 {
+
+// Activations of one transformer layer kept for the backward pass. N = rows.
+template <class T>
+struct LayerActivations {
+  std::vector<T> x_in;                 // [N, D] residual stream entering the layer
+  std::vector<T> ln1_mean, ln1_rstd;   // [N]
+  std::vector<T> h1;                   // [N, D] LN1 output after adaLN modulation
+  std::vector<T> qkv;                  // [N, 3D] q and k after rotary, v
+  std::vector<T> lse;                  // [batch, H, rows per sequence] attention log-sum-exp
+  std::vector<T> att;                  // [N, D] attention output (heads concatenated)
+  std::vector<T> attn_proj;            // [N, D] att W_out^T (before the gate)
+  std::vector<T> x_mid;                // [N, D] residual after attention
+  std::vector<T> ln2_mean, ln2_rstd;   // [N]
+  std::vector<T> h2;                   // [N, D] LN2 output after modulation
+  std::vector<T> mlp_pre;              // [N, 4D] before GELU
+  std::vector<T> mlp_act;              // [N, 4D] after GELU
+  std::vector<T> mlp_out;              // [N, D] (before the gate)
+};
+
+// Everything the training forward produces: logits of the xt half and, when asked, the
+// activations for backward.
+template <class T>
+struct TrainActivations {
+  int batch = 0;
+  int rows_per_sequence = 0;               // 2L
+  std::vector<LayerActivations<T>> layers; // one per layer, or one reused (inference)
+  std::vector<T> x_out;                    // [N, D] residual stream after the last layer
+  std::vector<T> lnf_mean, lnf_rstd;       // [batch*L] final norm of the xt rows
+  std::vector<T> hf;                       // [batch*L, D] final modulated norm
+  std::vector<T> logits;                   // [batch*L, V]
+};
+
+// The adaLN modulation vectors, constant per model when time conditioning is off.
+template <class T>
+struct Modulation {
+  std::vector<T> shift1, scale1, gate1, shift2, scale2, gate2;  // [D] each
+  std::vector<T> a1, a2;  // norm weight * (1 + scale)
+};
+
+template <BlockSizePolicy Block = BlockSize<dynamic>, NoiseSchedule Noise = noise::LogLinear,
+          AttentionBackend Attention = BlockSparseAttention, class Scalar = float>
+class BlockDiffusionModel {
+  static_assert(std::is_floating_point_v<Scalar>, "BlockDiffusionModel: Scalar must be float or double");
+  static_assert(!Attention::float_only || std::is_same_v<Scalar, float>,
+                "SimdAttention computes in float32 only: use ScalarAttention or BlockSparseAttention "
+                "for a double-precision model (finite-difference checks)");
+
+ public:
+  using scalar_type = Scalar;
+  using block_policy = Block;
+  using noise_type = Noise;
+  using attention_type = Attention;
+  using RowMat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Vec = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  using MapM = Eigen::Map<RowMat>;
+  using MapCM = Eigen::Map<const RowMat>;
+  using MapCV = Eigen::Map<const Vec>;
+
+  // A model with all-zero weights of the given shape (load or initialise them next).
+  explicit BlockDiffusionModel(const ModelConfig& config, Noise noise = {})
+      : config_(config), block_(config.block_size), noise_(noise) {
+    config_.validate();
+    layout_ = ParameterLayout(config_);
+    params_.assign(size_t(layout_.total()), Scalar(0));
+    parameters_changed();
+  }
+
+  const ModelConfig& config() const { return config_; }
+  ModelConfig& mutable_config() { return config_; }
+  const ParameterLayout& layout() const { return layout_; }
+  const Noise& noise() const { return noise_; }
+  int block_size() const { return block_.get(); }
+  std::span<Scalar> parameters() { return params_; }
+  std::span<const Scalar> parameters() const { return params_; }
+  Scalar* param(int64_t offset) { return params_.data() + offset; }
+  const Scalar* param(int64_t offset) const { return params_.data() + offset; }
+
+  // Recomputes what depends only on the weights (conditioning vector, modulations).
+  // Call after changing parameters().
+  void parameters_changed() { compute_conditioning(); }
+
+  const std::vector<Scalar>& conditioning() const { return cond_; }
+  const std::vector<Modulation<Scalar>>& modulations() const { return mods_; }
+  const std::vector<Scalar>& final_shift() const { return final_shift_; }
+  const std::vector<Scalar>& final_scale() const { return final_scale_; }
+  const std::vector<Scalar>& final_a() const { return final_a_; }
+
+  // (a) Training forward. xt, x0: [batch, L]. Produces act.logits [batch*L, V] (raw
+  // logits of the xt half). keep_for_backward stores every layer's activations.
+  void forward_train(std::span<const int32_t> xt, std::span<const int32_t> x0, int batch,
+                     TrainActivations<Scalar>& act, bool keep_for_backward = false) const {
+    const int L = config_.model_length, D = config_.hidden_dim;
+    if (batch < 1) fail_usage("forward_train: batch must be >= 1");
+    if (xt.size() != size_t(batch) * L || x0.size() != size_t(batch) * L)
+      fail("forward_train: xt and x0 must each hold batch x model_length = " +
+           std::to_string(int64_t(batch) * L) + " tokens");
+    check_tokens(xt);
+    check_tokens(x0);
+    const int rows_seq = 2 * L;
+    const int64_t N = int64_t(batch) * rows_seq;
+    act.batch = batch;
+    act.rows_per_sequence = rows_seq;
+    act.layers.resize(keep_for_backward ? config_.n_blocks : 1);
+    // Embedding of [xt, x0] per sequence.
+    std::vector<Scalar> x(size_t(N) * D);
+    for (int b = 0; b < batch; ++b)
+      for (int i = 0; i < rows_seq; ++i) {
+        int32_t tok = i < L ? xt[size_t(b) * L + i] : x0[size_t(b) * L + i - L];
+        const Scalar* e = param(layout_.embedding) + int64_t(tok) * D;
+        std::copy(e, e + D, x.data() + (int64_t(b) * rows_seq + i) * D);
+      }
+    // Rotary: both halves use positions 0..L-1.
+    std::vector<Scalar> cos, sin;
+    rotary_table(0, L, cos, sin);
+    const TrainingMask mask{L, block_size()};
+    for (int l = 0; l < config_.n_blocks; ++l) {
+      auto& a = act.layers[keep_for_backward ? l : 0];
+      layer_forward(l, x, N, batch, rows_seq, [L](int i) { return i % L; }, cos, sin, mask, a);
+    }
+    act.x_out = x;
+    // Output layer on the xt rows only.
+    const int64_t Nxt = int64_t(batch) * L;
+    std::vector<Scalar> xt_rows(size_t(Nxt) * D);
+    for (int b = 0; b < batch; ++b)
+      std::copy(x.begin() + int64_t(b) * rows_seq * D, x.begin() + (int64_t(b) * rows_seq + L) * D,
+                xt_rows.begin() + int64_t(b) * L * D);
+    output_layer(xt_rows, Nxt, act.lnf_mean, act.lnf_rstd, act.hf, act.logits);
+  }
+
+  // (b) Sampling forward: tokens [batch, B'] of the current block, attending to the cached
+  // window and to itself. Writes logits [batch*B', V]. The cache is not changed (its
+  // scratch rows are).
+  void forward_block(std::span<const int32_t> tokens, KVCache<Scalar>& cache,
+                     std::vector<Scalar>& logits) const {
+    std::vector<Scalar> x = decode_layers(tokens, cache);
+    const int64_t rows = int64_t(cache.batch()) * block_size();
+    std::vector<Scalar> mean, rstd, hf;
+    output_layer(x, rows, mean, rstd, hf, logits);
+  }
+
+  // (c) Commits a clean block [batch, B'] to the cache (one forward without the output
+  // layer): its keys and values at every layer join the window.
+  void commit_block(std::span<const int32_t> tokens, KVCache<Scalar>& cache) const {
+    decode_layers(tokens, cache);
+    cache.commit_scratch();
+  }
+
+  // (d) Full forward of one sequence of n tokens (n a multiple of B') under the banded
+  // block-causal mask with window model_length, positions 0..n-1. Logits [n, V].
+  // This is what KV-cached decoding computes, recomputed from scratch.
+  void forward_banded(std::span<const int32_t> tokens, std::vector<Scalar>& logits) const {
+    const int n = static_cast<int>(tokens.size());
+    if (n == 0 || n % block_size() != 0)
+      fail("forward_banded: the sequence length must be a positive multiple of the block size");
+    check_tokens(tokens);
+    const int D = config_.hidden_dim;
+    std::vector<Scalar> x(size_t(n) * D);
+    for (int i = 0; i < n; ++i) {
+      const Scalar* e = param(layout_.embedding) + int64_t(tokens[i]) * D;
+      std::copy(e, e + D, x.data() + int64_t(i) * D);
+    }
+    std::vector<Scalar> cos, sin;
+    rotary_table(0, n, cos, sin);
+    const BandedBlockCausalMask mask{block_size(), config_.model_length};
+    LayerActivations<Scalar> a;
+    for (int l = 0; l < config_.n_blocks; ++l) {
+      layer_forward(l, x, n, 1, n, [](int i) { return i; }, cos, sin, mask, a);
+    }
+    std::vector<Scalar> mean, rstd, hf;
+    output_layer(x, n, mean, rstd, hf, logits);
+  }
+
+  // Rotary cos/sin for positions [pos0, pos0 + n): [n, Dh/2] each, angles in double so
+  // that long generations keep their precision.
+  void rotary_table(int64_t pos0, int n, std::vector<Scalar>& cos, std::vector<Scalar>& sin) const {
+    const int half = config_.head_dim() / 2;
+    cos.resize(size_t(n) * half);
+    sin.resize(size_t(n) * half);
+    for (int j = 0; j < half; ++j) {
+      // inv_freq as the reference computes it (float32), the angle in double.
+      const float inv = 1.0f / std::pow(10000.0f, float(2 * j) / float(config_.head_dim()));
+      for (int i = 0; i < n; ++i) {
+        const double angle = double(pos0 + i) * double(inv);
+        cos[size_t(i) * half + j] = Scalar(std::cos(angle));
+        sin[size_t(i) * half + j] = Scalar(std::sin(angle));
+      }
+    }
+  }
+
+  void check_tokens(std::span<const int32_t> tokens) const {
+    for (int32_t t : tokens)
+      if (t < 0 || t >= config_.vocab_size)
+        fail("token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+             std::to_string(config_.vocab_size) + ")");
+  }
+
+ private:
+  // y[N, out] = x[N, in] W^T (+ b)
+  static void linear(const Scalar* x, int64_t N, int64_t in, const Scalar* W, const Scalar* b,
+                     int64_t out, Scalar* y) {
+    MapM Y(y, N, out);
+    Y.noalias() = MapCM(x, N, in) * MapCM(W, out, in).transpose();
+    if (b) Y.rowwise() += MapCV(b, out).transpose();
+  }
+
+  void compute_conditioning() {
+    const int D = config_.hidden_dim, C = config_.cond_dim;
+    mods_.assign(config_.n_blocks, {});
+    if (!config_.adaln) {
+      for (int l = 0; l < config_.n_blocks; ++l) {
+        auto& m = mods_[l];
+        m.shift1.assign(D, 0), m.scale1.assign(D, 0), m.gate1.assign(D, 1);
+        m.shift2.assign(D, 0), m.scale2.assign(D, 0), m.gate2.assign(D, 1);
+        m.a1.assign(param(layout_.layers[l].norm1), param(layout_.layers[l].norm1) + D);
+        m.a2.assign(param(layout_.layers[l].norm2), param(layout_.layers[l].norm2) + D);
+      }
+      final_shift_.assign(D, 0), final_scale_.assign(D, 0);
+      final_a_.assign(param(layout_.norm_final), param(layout_.norm_final) + D);
+      return;
+    }
+    // sigma = 0: the timestep embedding is [cos(0) x128, sin(0) x128] = [1 x128, 0 x128].
+    std::vector<Scalar> e(256, Scalar(0));
+    std::fill(e.begin(), e.begin() + 128, Scalar(1));
+    std::vector<Scalar> h1(C), h2(C);
+    linear(e.data(), 1, 256, param(layout_.sigma0_w), param(layout_.sigma0_b), C, h1.data());
+    sigma_hidden_ = h1;
+    for (auto& v : h1) v = kernels::scalar::silu(v);
+    linear(h1.data(), 1, C, param(layout_.sigma2_w), param(layout_.sigma2_b), C, h2.data());
+    sigma_out_ = h2;
+    cond_.resize(C);
+    for (int i = 0; i < C; ++i) cond_[i] = kernels::scalar::silu(h2[i]);
+    std::vector<Scalar> mod(6 * D);
+    for (int l = 0; l < config_.n_blocks; ++l) {
+      const auto& o = layout_.layers[l];
+      linear(cond_.data(), 1, C, param(o.ada_w), param(o.ada_b), 6 * D, mod.data());
+      auto& m = mods_[l];
+      auto chunk = [&](int i) { return std::vector<Scalar>(mod.begin() + i * D, mod.begin() + (i + 1) * D); };
+      m.shift1 = chunk(0), m.scale1 = chunk(1), m.gate1 = chunk(2);
+      m.shift2 = chunk(3), m.scale2 = chunk(4), m.gate2 = chunk(5);
+      m.a1.resize(D), m.a2.resize(D);
+      for (int i = 0; i < D; ++i) {
+        m.a1[i] = param(o.norm1)[i] * (Scalar(1) + m.scale1[i]);
+        m.a2[i] = param(o.norm2)[i] * (Scalar(1) + m.scale2[i]);
+      }
+    }
+    std::vector<Scalar> fmod(2 * D);
+    linear(cond_.data(), 1, C, param(layout_.out_ada_w), param(layout_.out_ada_b), 2 * D, fmod.data());
+    final_shift_.assign(fmod.begin(), fmod.begin() + D);
+    final_scale_.assign(fmod.begin() + D, fmod.end());
+    final_a_.resize(D);
+    for (int i = 0; i < D; ++i) final_a_[i] = param(layout_.norm_final)[i] * (Scalar(1) + final_scale_[i]);
+  }
+
+ public:
+  // Internals the backward pass needs: the pre-activation of the conditioning MLP.
+  const std::vector<Scalar>& sigma_hidden() const { return sigma_hidden_; }
+  const std::vector<Scalar>& sigma_out() const { return sigma_out_; }
+
+ private:
+  // LN without affine, then * a + b, row by row. Stores mean/rstd when asked.
+  static void norm_modulate(const Scalar* x, int64_t N, int D, const Scalar* a, const Scalar* b,
+                            Scalar* y, Scalar* mean, Scalar* rstd) {
+#pragma omp parallel for schedule(static) if (N * D > 32768)
+    for (int64_t i = 0; i < N; ++i) {
+      Scalar m;
+      Scalar r = kernels::layer_norm<Scalar>(x + i * D, y + i * D, D, Scalar(1e-5), &m);
+      kernels::scale_shift<Scalar>(y + i * D, a, b, D);
+      if (mean) mean[i] = m, rstd[i] = r;
+    }
+  }
+
+  // One transformer layer over N rows (batch sequences of rows_seq rows), in place on the
+  // residual stream x; a keeps the layer's input and intermediate activations.
+  template <class PosFn, class Mask>
+  void layer_forward(int l, std::vector<Scalar>& x, int64_t N, int batch, int rows_seq, PosFn pos_of,
+                     const std::vector<Scalar>& cos, const std::vector<Scalar>& sin, const Mask& mask,
+                     LayerActivations<Scalar>& a) const {
+    const int D = config_.hidden_dim, H = config_.n_heads, Dh = config_.head_dim(), F = 4 * D;
+    const auto& o = layout_.layers[l];
+    const auto& m = mods_[l];
+    a.x_in = x;
+    a.ln1_mean.resize(N), a.ln1_rstd.resize(N), a.h1.resize(N * D);
+    norm_modulate(x.data(), N, D, m.a1.data(), m.shift1.data(), a.h1.data(), a.ln1_mean.data(),
+                  a.ln1_rstd.data());
+    a.qkv.resize(N * 3 * D);
+    linear(a.h1.data(), N, D, param(o.attn_qkv), nullptr, 3 * D, a.qkv.data());
+    apply_rotary(a.qkv.data(), N, pos_of, cos, sin);
+    a.att.resize(N * D);
+    a.lse.resize(size_t(batch) * H * rows_seq);
+    for (int b = 0; b < batch; ++b) {
+      const Scalar* base = a.qkv.data() + int64_t(b) * rows_seq * 3 * D;
+      AttentionArgs<Scalar> args;
+      args.q = base, args.k = base + D, args.v = base + 2 * D;
+      args.ldq = args.ldk = args.ldv = 3 * D;
+      args.out = a.att.data() + int64_t(b) * rows_seq * D, args.ldo = D;
+      args.lse = a.lse.data() + size_t(b) * H * rows_seq;
+      args.nq = args.nk = rows_seq, args.n_heads = H, args.head_dim = Dh;
+      attention_forward<Attention>(args, mask);
+    }
+    a.attn_proj.resize(N * D);
+    linear(a.att.data(), N, D, param(o.attn_out), nullptr, D, a.attn_proj.data());
+    a.x_mid = x;
+    gate_add(a.x_mid.data(), N, D, m.gate1.data(), a.attn_proj.data());
+    a.ln2_mean.resize(N), a.ln2_rstd.resize(N), a.h2.resize(N * D);
+    norm_modulate(a.x_mid.data(), N, D, m.a2.data(), m.shift2.data(), a.h2.data(), a.ln2_mean.data(),
+                  a.ln2_rstd.data());
+    a.mlp_pre.resize(N * F), a.mlp_act.resize(N * F), a.mlp_out.resize(N * D);
+    linear(a.h2.data(), N, D, param(o.mlp0_w), param(o.mlp0_b), F, a.mlp_pre.data());
+#pragma omp parallel for schedule(static) if (N * F > 32768)
+    for (int64_t i = 0; i < N; ++i) kernels::gelu_tanh<Scalar>(a.mlp_pre.data() + i * F, a.mlp_act.data() + i * F, F);
+    linear(a.mlp_act.data(), N, F, param(o.mlp2_w), param(o.mlp2_b), D, a.mlp_out.data());
+    x = a.x_mid;
+    gate_add(x.data(), N, D, m.gate2.data(), a.mlp_out.data());
+  }
+
+  static void gate_add(Scalar* x, int64_t N, int D, const Scalar* gate, const Scalar* y) {
+#pragma omp parallel for schedule(static) if (N * D > 32768)
+    for (int64_t i = 0; i < N; ++i) kernels::gated_add<Scalar>(x + i * D, gate, y + i * D, D);
+  }
+
+  template <class PosFn>
+  void apply_rotary(Scalar* qkv, int64_t N, PosFn pos_of, const std::vector<Scalar>& cos,
+                    const std::vector<Scalar>& sin) const {
+    const int D = config_.hidden_dim, H = config_.n_heads, Dh = config_.head_dim(), half = Dh / 2;
+#pragma omp parallel for schedule(static) if (N * D > 32768)
+    for (int64_t i = 0; i < N; ++i) {
+      const int p = pos_of(int(i));
+      const Scalar* c = cos.data() + size_t(p) * half;
+      const Scalar* s = sin.data() + size_t(p) * half;
+      for (int h = 0; h < H; ++h) {
+        kernels::rotary<Scalar>(qkv + i * 3 * D + h * Dh, c, s, Dh);      // q
+        kernels::rotary<Scalar>(qkv + i * 3 * D + D + h * Dh, c, s, Dh);  // k
+      }
+    }
+  }
+
+  void output_layer(const std::vector<Scalar>& x, int64_t rows, std::vector<Scalar>& mean,
+                    std::vector<Scalar>& rstd, std::vector<Scalar>& hf, std::vector<Scalar>& logits) const {
+    const int D = config_.hidden_dim, V = config_.vocab_size;
+    mean.resize(rows), rstd.resize(rows), hf.resize(rows * D);
+    norm_modulate(x.data(), rows, D, final_a_.data(), final_shift_.data(), hf.data(), mean.data(),
+                  rstd.data());
+    logits.resize(size_t(rows) * V);
+    linear(hf.data(), rows, D, param(layout_.out_w), param(layout_.out_b), V, logits.data());
+  }
+
+  // The layers of a decode call: the block's rows attend to the cached window and to
+  // themselves; each layer's keys and values go to the cache's scratch rows.
+  std::vector<Scalar> decode_layers(std::span<const int32_t> tokens, KVCache<Scalar>& cache) const {
+    const int Bp = block_size(), batch = cache.batch();
+    const int D = config_.hidden_dim, H = config_.n_heads, Dh = config_.head_dim(), F = 4 * D;
+    if (cache.block_size() != Bp || cache.window() != config_.model_length)
+      fail("KV cache was made for another model shape");
+    if (tokens.size() != size_t(batch) * Bp)
+      fail("decode: expected batch x block_size = " + std::to_string(batch * Bp) + " tokens, got " +
+           std::to_string(tokens.size()));
+    check_tokens(tokens);
+    const int64_t N = int64_t(batch) * Bp;
+    std::vector<Scalar> x(N * D);
+    for (int64_t i = 0; i < N; ++i) {
+      const Scalar* e = param(layout_.embedding) + int64_t(tokens[i]) * D;
+      std::copy(e, e + D, x.data() + i * D);
+    }
+    std::vector<Scalar> cos, sin;
+    rotary_table(cache.next_position(), Bp, cos, sin);
+    const int cached = cache.length();
+    std::vector<Scalar> h(N * D), qkv(N * 3 * D), att(N * D), proj(N * D), pre(N * F), act(N * F);
+    for (int l = 0; l < config_.n_blocks; ++l) {
+      const auto& o = layout_.layers[l];
+      const auto& m = mods_[l];
+      norm_modulate(x.data(), N, D, m.a1.data(), m.shift1.data(), h.data(), nullptr, nullptr);
+      linear(h.data(), N, D, param(o.attn_qkv), nullptr, 3 * D, qkv.data());
+      apply_rotary(qkv.data(), N, [Bp](int i) { return i % Bp; }, cos, sin);
+      for (int b = 0; b < batch; ++b) {
+        Scalar* K = cache.keys(l, b);
+        Scalar* Vv = cache.values(l, b);
+        for (int i = 0; i < Bp; ++i) {
+          const Scalar* row = qkv.data() + (int64_t(b) * Bp + i) * 3 * D;
+          std::copy(row + D, row + 2 * D, K + int64_t(cached + i) * D);
+          std::copy(row + 2 * D, row + 3 * D, Vv + int64_t(cached + i) * D);
+        }
+        AttentionArgs<Scalar> args;
+        args.q = qkv.data() + int64_t(b) * Bp * 3 * D, args.ldq = 3 * D;
+        args.k = K, args.v = Vv, args.ldk = args.ldv = D;
+        args.out = att.data() + int64_t(b) * Bp * D, args.ldo = D;
+        args.nq = Bp, args.nk = cached + Bp, args.n_heads = H, args.head_dim = Dh;
+        attention_forward<Attention>(args, FullMask{cached + Bp});
+      }
+      linear(att.data(), N, D, param(o.attn_out), nullptr, D, proj.data());
+      gate_add(x.data(), N, D, m.gate1.data(), proj.data());
+      norm_modulate(x.data(), N, D, m.a2.data(), m.shift2.data(), h.data(), nullptr, nullptr);
+      linear(h.data(), N, D, param(o.mlp0_w), param(o.mlp0_b), F, pre.data());
+      for (int64_t i = 0; i < N; ++i) kernels::gelu_tanh<Scalar>(pre.data() + i * F, act.data() + i * F, F);
+      linear(act.data(), N, F, param(o.mlp2_w), param(o.mlp2_b), D, proj.data());
+      gate_add(x.data(), N, D, m.gate2.data(), proj.data());
+    }
+    return x;
+  }
+
+  ModelConfig config_;
+  Block block_;
+  Noise noise_;
+  ParameterLayout layout_;
+  std::vector<Scalar> params_;
+  std::vector<Scalar> cond_, sigma_hidden_, sigma_out_;
+  std::vector<Modulation<Scalar>> mods_;
+  std::vector<Scalar> final_shift_, final_scale_, final_a_;
+};
+
+}  // namespace bd3
