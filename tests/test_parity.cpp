@@ -104,3 +104,28 @@ TEST_CASE("KV-cached decode equals the full forward under the banded mask", "[pa
     CHECK(int(sequence.size()) >= cfg.model_length);  // the window slid
   }
 }
+
+TEST_CASE("fused commit equals commit then decode", "[kv][fused]") {
+  for (std::string name : {"b4", "b1", "b16_full"}) {
+    using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
+    INFO("fixture " << name);
+    auto model = test::load_fixture_model<Model>(name);
+    auto cases = fixture_cases(name);
+    KVCache<double> separate(model.config(), 1), fused(model.config(), 1);
+    std::vector<double> a, b;
+    std::vector<int32_t> previous_clean;
+    for (const auto& s : cases["kv_cache"]["steps"]) {
+      auto noisy = ids(s["noisy_block"]);
+      model.forward_block(noisy, separate, a);
+      if (previous_clean.empty()) model.forward_block(noisy, fused, b);
+      else model.forward_block_fused(previous_clean, noisy, fused, b);
+      REQUIRE(a.size() == b.size());
+      double diff = 0;
+      for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::abs(a[i] - b[i]));
+      CHECK(diff < 1e-9);
+      previous_clean = ids(s["clean_block"]);
+      model.commit_block(previous_clean, separate);
+      CHECK(fused.length() + model.block_size() >= separate.length());
+    }
+  }
+}

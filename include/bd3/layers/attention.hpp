@@ -75,6 +75,22 @@ struct BandedBlockCausalMask {
   }
 };
 
+// Decode: the query rows come in groups of one block; group g sees the keys ranges[g].
+struct DecodeMask {
+  int block_size;
+  int groups;
+  KeyRange ranges[2];
+  bool allowed(int q, int k) const {
+    const KeyRange& r = ranges[q / block_size];
+    return k >= r.begin && k < r.end;
+  }
+  int half_boundary() const { return block_size; }
+  int key_ranges(int q0, int, KeyRange* r) const {
+    r[0] = ranges[q0 / block_size];
+    return 1;
+  }
+};
+
 template <class T>
 struct AttentionArgs {
   const T* q = nullptr;

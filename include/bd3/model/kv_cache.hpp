@@ -28,7 +28,7 @@ class KVCache {
     batch_ = batch;
     length_ = 0;
     next_position_ = 0;
-    const size_t n = size_t(n_layers_) * batch_ * window_ * dim_;
+    const size_t n = size_t(n_layers_) * batch_ * capacity() * dim_;
     keys_.assign(n, T(0));
     values_.assign(n, T(0));
   }
@@ -40,8 +40,9 @@ class KVCache {
   int64_t next_position() const { return next_position_; }  // position of the next block's row 0
   int64_t committed_tokens() const { return next_position_; }
 
-  // Rows [0, length) are committed; rows [length, length + block_size) are the scratch
-  // space for the block being processed. Row stride is hidden_dim.
+  // Rows [0, length) are committed; rows [length, length + 2 block_size) are the scratch
+  // space for the block(s) being processed (two for a fused commit). Row stride is hidden_dim.
+  int capacity() const { return window_ + block_size_; }
   T* keys(int layer, int b) { return keys_.data() + offset(layer, b); }
   T* values(int layer, int b) { return values_.data() + offset(layer, b); }
   const T* keys(int layer, int b) const { return keys_.data() + offset(layer, b); }
@@ -69,7 +70,7 @@ class KVCache {
   size_t bytes() const { return (keys_.size() + values_.size()) * sizeof(T); }
 
  private:
-  size_t offset(int layer, int b) const { return (size_t(layer) * batch_ + b) * window_ * dim_; }
+  size_t offset(int layer, int b) const { return (size_t(layer) * batch_ + b) * capacity() * dim_; }
   int n_layers_ = 0, dim_ = 0, window_ = 0, block_size_ = 1, batch_ = 1;
   int length_ = 0;
   int64_t next_position_ = 0;
