@@ -5,6 +5,7 @@
 //  (c) committing a clean block to the cache,
 //  (d) a full forward under the banded block-causal mask (what the cache computes).
 // Parameters live in one flat buffer described by ParameterLayout.
+#include <bd3/kernels/gemm.hpp>
 #include <bd3/kernels/kernels.hpp>
 #include <bd3/layers/attention.hpp>
 #include <bd3/model/config.hpp>
@@ -24,6 +25,35 @@
 
 namespace bd3 {
 
+// Dropout of the two branch outputs (attn_proj, mlp_out) before their gates, training
+// only. Off by default (p = 0): pass {config.dropout, step_seed} to train with it.
+// The keep mask of element (row, column) of branch `branch` (0 attention, 1 MLP) of layer
+// `layer` is a counter-based hash of (seed, layer, branch, row, column): deterministic
+// for a seed whatever the number of threads.
+struct Dropout {
+  double p = 0.0;      // drop probability in [0, 1)
+  uint64_t seed = 0;
+  bool active() const { return p > 0.0; }
+};
+
+namespace detail {
+inline uint64_t splitmix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+// keep[r * D + c] = 1 with probability 1 - p for rows [0, N) of one branch.
+inline void dropout_keep_mask(const Dropout& d, int layer, int branch, int64_t N, int D, uint8_t* keep) {
+  const uint64_t stream = splitmix64(d.seed ^ splitmix64(uint64_t(layer) * 2 + uint64_t(branch) + 1));
+  const uint64_t threshold = uint64_t(d.p * 4294967296.0);  // keep iff 32-bit uniform >= p 2^32
+#pragma omp parallel for schedule(static) if (N * D > 32768)
+  for (int64_t r = 0; r < N; ++r)
+    for (int c = 0; c < D; ++c)
+      keep[r * D + c] = uint8_t((splitmix64(stream + uint64_t(r * D + c)) >> 32) >= threshold);
+}
+}  // namespace detail
+
 // Activations of one transformer layer kept for the backward pass. N = rows.
 template <class T>
 struct LayerActivations {
@@ -40,6 +70,8 @@ struct LayerActivations {
   std::vector<T> mlp_pre;              // [N, 4D] before GELU
   std::vector<T> mlp_act;              // [N, 4D] after GELU
   std::vector<T> mlp_out;              // [N, D] (before the gate)
+  std::vector<uint8_t> keep_attn;      // [N, D] dropout keep masks (1 = kept) of attn_proj
+  std::vector<uint8_t> keep_mlp;       //   and mlp_out; empty without dropout
 };
 
 // Everything the training forward produces: logits of the xt half and, when asked, the
@@ -53,6 +85,8 @@ struct TrainActivations {
   std::vector<T> lnf_mean, lnf_rstd;       // [batch*L] final norm of the xt rows
   std::vector<T> hf;                       // [batch*L, D] final modulated norm
   std::vector<T> logits;                   // [batch*L, V]
+  Dropout dropout;                         // the dropout of this forward (p = 0: none);
+                                           // kept branch outputs are scaled by 1/(1-p)
 };
 
 // The adaLN modulation vectors, constant per model when time conditioning is off.
@@ -112,8 +146,12 @@ class BlockDiffusionModel {
 
   // (a) Training forward. xt, x0: [batch, L]. Produces act.logits [batch*L, V] (raw
   // logits of the xt half). keep_for_backward stores every layer's activations.
+  // dropout (training only, default off) drops branch outputs before the gates; its keep
+  // masks are stored in act.layers[l].keep_{attn,mlp} (with keep_for_backward).
   void forward_train(std::span<const int32_t> xt, std::span<const int32_t> x0, int batch,
-                     TrainActivations<Scalar>& act, bool keep_for_backward = false) const {
+                     TrainActivations<Scalar>& act, bool keep_for_backward = false,
+                     Dropout dropout = {}) const {
+    if (!(dropout.p >= 0.0 && dropout.p < 1.0)) fail_usage("forward_train: dropout must be in [0, 1)");
     const int L = config_.model_length, D = config_.hidden_dim;
     if (batch < 1) fail_usage("forward_train: batch must be >= 1");
     if (xt.size() != size_t(batch) * L || x0.size() != size_t(batch) * L)
@@ -126,6 +164,7 @@ class BlockDiffusionModel {
     act.batch = batch;
     act.rows_per_sequence = rows_seq;
     act.layers.resize(keep_for_backward ? config_.n_blocks : 1);
+    act.dropout = dropout;
     // Embedding of [xt, x0] per sequence.
     std::vector<Scalar> x(size_t(N) * D);
     for (int b = 0; b < batch; ++b)
@@ -140,7 +179,7 @@ class BlockDiffusionModel {
     const TrainingMask mask{L, block_size()};
     for (int l = 0; l < config_.n_blocks; ++l) {
       auto& a = act.layers[keep_for_backward ? l : 0];
-      layer_forward(l, x, N, batch, rows_seq, [L](int i) { return i % L; }, cos, sin, mask, a);
+      layer_forward(l, x, N, batch, rows_seq, [L](int i) { return i % L; }, cos, sin, mask, a, dropout);
     }
     act.x_out = x;
     // Output layer on the xt rows only.
@@ -237,9 +276,15 @@ class BlockDiffusionModel {
   }
 
  private:
-  // y[N, out] = x[N, in] W^T (+ b)
+  // y[N, out] = x[N, in] W^T (+ b). Few rows (decode) stream W once; many rows use GEMM.
   static void linear(const Scalar* x, int64_t N, int64_t in, const Scalar* W, const Scalar* b,
                      int64_t out, Scalar* y) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (N <= 4 * kernels::small_m_max_rows) {
+        kernels::simd::linear_small_m(x, N, in, W, b, out, y);
+        return;
+      }
+    }
     MapM Y(y, N, out);
     Y.noalias() = MapCM(x, N, in) * MapCM(W, out, in).transpose();
     if (b) Y.rowwise() += MapCV(b, out).transpose();
@@ -316,7 +361,7 @@ class BlockDiffusionModel {
   template <class PosFn, class Mask>
   void layer_forward(int l, std::vector<Scalar>& x, int64_t N, int batch, int rows_seq, PosFn pos_of,
                      const std::vector<Scalar>& cos, const std::vector<Scalar>& sin, const Mask& mask,
-                     LayerActivations<Scalar>& a) const {
+                     LayerActivations<Scalar>& a, const Dropout& dropout = {}) const {
     const int D = config_.hidden_dim, H = config_.n_heads, Dh = config_.head_dim(), F = 4 * D;
     const auto& o = layout_.layers[l];
     const auto& m = mods_[l];
@@ -342,7 +387,15 @@ class BlockDiffusionModel {
     a.attn_proj.resize(N * D);
     linear(a.att.data(), N, D, param(o.attn_out), nullptr, D, a.attn_proj.data());
     a.x_mid = x;
-    gate_add(a.x_mid.data(), N, D, m.gate1.data(), a.attn_proj.data());
+    const Scalar keep_scale = Scalar(1.0 / (1.0 - dropout.p));
+    if (dropout.active()) {
+      a.keep_attn.resize(size_t(N) * D);
+      detail::dropout_keep_mask(dropout, l, 0, N, D, a.keep_attn.data());
+      gate_add_dropout(a.x_mid.data(), N, D, m.gate1.data(), a.attn_proj.data(), a.keep_attn.data(), keep_scale);
+    } else {
+      a.keep_attn.clear();
+      gate_add(a.x_mid.data(), N, D, m.gate1.data(), a.attn_proj.data());
+    }
     a.ln2_mean.resize(N), a.ln2_rstd.resize(N), a.h2.resize(N * D);
     norm_modulate(a.x_mid.data(), N, D, m.a2.data(), m.shift2.data(), a.h2.data(), a.ln2_mean.data(),
                   a.ln2_rstd.data());
@@ -352,7 +405,23 @@ class BlockDiffusionModel {
     for (int64_t i = 0; i < N; ++i) kernels::gelu_tanh<Scalar>(a.mlp_pre.data() + i * F, a.mlp_act.data() + i * F, F);
     linear(a.mlp_act.data(), N, F, param(o.mlp2_w), param(o.mlp2_b), D, a.mlp_out.data());
     x = a.x_mid;
-    gate_add(x.data(), N, D, m.gate2.data(), a.mlp_out.data());
+    if (dropout.active()) {
+      a.keep_mlp.resize(size_t(N) * D);
+      detail::dropout_keep_mask(dropout, l, 1, N, D, a.keep_mlp.data());
+      gate_add_dropout(x.data(), N, D, m.gate2.data(), a.mlp_out.data(), a.keep_mlp.data(), keep_scale);
+    } else {
+      a.keep_mlp.clear();
+      gate_add(x.data(), N, D, m.gate2.data(), a.mlp_out.data());
+    }
+  }
+
+  // x += gate * (keep * s * y): the gated residual of a dropped-out branch.
+  static void gate_add_dropout(Scalar* x, int64_t N, int D, const Scalar* gate, const Scalar* y,
+                               const uint8_t* keep, Scalar s) {
+#pragma omp parallel for schedule(static) if (N * D > 32768)
+    for (int64_t i = 0; i < N; ++i)
+      for (int j = 0; j < D; ++j)
+        x[i * D + j] += gate[j] * (keep[i * D + j] ? s * y[i * D + j] : Scalar(0));
   }
 
   static void gate_add(Scalar* x, int64_t N, int D, const Scalar* gate, const Scalar* y) {

@@ -1,0 +1,253 @@
+// bd3 forward | inspect | bench: the core commands over a checkpoint or a preset.
+#include <bd3/bd3.hpp>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <set>
+
+#include "cli.hpp"
+#include "model_common.hpp"
+
+namespace bd3::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<int32_t> json_ids(const nlohmann::json& j, const char* what, int vocab) {
+  if (!j.is_array()) fail(std::string("cases.json: ") + what + " must be an array of token ids");
+  std::vector<int32_t> out;
+  for (const auto& v : j) {
+    if (!v.is_number_integer()) fail(std::string("cases.json: ") + what + " holds a non-integer");
+    int64_t id = v.get<int64_t>();
+    if (id < 0 || id >= vocab)
+      fail(std::string("cases.json: ") + what + " holds id " + std::to_string(id) + ", outside [0, " +
+           std::to_string(vocab) + ")");
+    out.push_back(int32_t(id));
+  }
+  return out;
+}
+
+// ---- bd3 forward ------------------------------------------------------------------
+// TODO(lead): replace with loss_and_gradient once train/backward.hpp lands.
+void write_gradients(const CliModel&, const std::vector<int32_t>&, const std::vector<int32_t>&,
+                     const std::vector<double>&, const std::string&, nlohmann::json&) {
+  fail_usage("--grad is not available yet");
+}
+
+struct ForwardOptions {
+  std::string model, cases, out;
+  bool grad = false;
+  int threads = 0;
+};
+
+int run_forward(const ForwardOptions& o) {
+  set_threads(o.threads);
+  auto model = load_model(o.model);
+  const auto& cfg = model.config();
+  const int L = cfg.model_length, V = cfg.vocab_size, Bp = cfg.block_size;
+  auto cases = read_json_file(o.cases);
+  if (!cases.is_object()) fail("cases.json: not a JSON object");
+  std::error_code ec;
+  std::filesystem::create_directories(o.out, ec);
+  if (ec) fail_io("cannot create " + o.out + ": " + ec.message());
+  nlohmann::json result = nlohmann::json::object();
+  if (auto it = cases.find("train"); it != cases.end()) {
+    const auto& tr = *it;
+    auto xt = json_ids(tr.value("xt", nlohmann::json()), "train.xt", V);
+    auto x0 = json_ids(tr.value("x0", nlohmann::json()), "train.x0", V);
+    if (int(xt.size()) != L || int(x0.size()) != L)
+      fail("cases.json: train.xt and train.x0 must hold model_length = " + std::to_string(L) + " ids");
+    auto t_json = tr.value("t_per_block", nlohmann::json());
+    if (!t_json.is_array() || int(t_json.size()) != L / Bp)
+      fail("cases.json: train.t_per_block must hold " + std::to_string(L / Bp) + " numbers");
+    std::vector<double> weight(L);
+    for (int l = 0; l < L; ++l) {
+      if (!t_json[l / Bp].is_number()) fail("cases.json: train.t_per_block holds a non-number");
+      double t = t_json[l / Bp].get<double>();
+      if (!(t > 0 && t <= 1)) fail("cases.json: train.t_per_block values must be in (0, 1]");
+      weight[l] = model.noise().w(t);
+    }
+    TrainActivations<float> act;
+    model.forward_train(xt, x0, 1, act);
+    const int64_t shape[2] = {L, V};
+    io::write_npy(std::filesystem::path(o.out) / "train_logits.npy", shape, act.logits);
+    auto terms = subs_nelbo<float>(act.logits, xt, x0, weight, L, V, cfg.mask_index);
+    result["nelbo_mean"] = terms.loss_sum / double(terms.tokens);
+    if (o.grad) write_gradients(model, xt, x0, weight, o.out, result);
+  } else if (o.grad) {
+    fail_usage("--grad needs a \"train\" case in cases.json");
+  }
+  if (auto it = cases.find("kv_cache"); it != cases.end()) {
+    auto steps = it->value("steps", nlohmann::json());
+    if (!steps.is_array()) fail("cases.json: kv_cache.steps must be an array");
+    KVCache<float> cache(cfg, 1);
+    std::vector<float> logits;
+    int i = 0;
+    for (const auto& s : steps) {
+      auto noisy = json_ids(s.value("noisy_block", nlohmann::json()), "noisy_block", V);
+      auto clean = json_ids(s.value("clean_block", nlohmann::json()), "clean_block", V);
+      if (int(noisy.size()) != Bp || int(clean.size()) != Bp)
+        fail("cases.json: kv_cache blocks must hold block_size = " + std::to_string(Bp) + " ids");
+      model.forward_block(noisy, cache, logits);
+      const int64_t shape[2] = {Bp, V};
+      io::write_npy(std::filesystem::path(o.out) / fmt::format("cache_logits_{}.npy", i), shape, logits);
+      model.commit_block(clean, cache);
+      ++i;
+    }
+    result["kv_steps"] = i;
+  }
+  fmt::print("{}\n", result.dump());
+  return 0;
+}
+
+// ---- bd3 inspect ------------------------------------------------------------------
+int run_inspect(const std::string& dir) {
+  auto config = load_config(dir);
+  auto file = io::SafetensorsFile::open(std::filesystem::path(dir) / "model.safetensors");
+  auto ck = load_checkpoint(dir);
+  std::set<std::string> dtypes;
+  for (const auto& t : file.tensors()) dtypes.insert(std::string(io::dtype_name(t.dtype)));
+  int64_t non_finite = 0;
+  std::string first_bad;
+  const ParameterLayout layout(config);
+  for (const auto& e : layout.entries())
+    for (int64_t i = 0; i < e.size; ++i)
+      if (!std::isfinite(ck.parameters[size_t(e.offset + i)])) {
+        if (first_bad.empty()) first_bad = e.name;
+        ++non_finite;
+      }
+  nlohmann::json out{{"config", config.to_json()},
+                     {"parameters", layout.total()},
+                     {"tensors", file.tensors().size()},
+                     {"dtypes", dtypes},
+                     {"non_finite", non_finite}};
+  if (non_finite) out["first_non_finite_tensor"] = first_bad;
+  fmt::print("{}\n", out.dump());
+  return non_finite ? 1 : 0;
+}
+
+// ---- bd3 bench --------------------------------------------------------------------
+struct BenchOptions {
+  std::string model, preset, what = "forward";
+  int threads = 0, batch = 1;
+  double seconds = 3.0;
+};
+
+// Multiply-adds of the linear layers per row, and allowed (query, key) pairs of the masks.
+double linear_flops_per_row(const ModelConfig& c) { return 24.0 * double(c.hidden_dim) * c.hidden_dim; }
+
+double training_mask_pairs(const ModelConfig& c) {
+  const TrainingMask mask{c.model_length, c.block_size};
+  double pairs = 0;
+  for (int q = 0; q < 2 * c.model_length; ++q) {
+    KeyRange r[2];
+    int n = mask.key_ranges(q, q + 1, r);
+    for (int i = 0; i < n; ++i) pairs += r[i].size();
+  }
+  return pairs;
+}
+
+int run_bench(const BenchOptions& o) {
+  set_threads(o.threads);
+  if (o.model.empty() == o.preset.empty()) fail_usage("bench: give exactly one of --model and --preset");
+  if (o.batch < 1) fail_usage("--batch must be >= 1");
+  CliModel model = o.model.empty() ? CliModel(preset_config(o.preset)) : load_model(o.model);
+  if (!o.preset.empty()) randomize(model, 1234);
+  const auto& c = model.config();
+  const int L = c.model_length, Bp = c.block_size, D = c.hidden_dim, V = c.vocab_size;
+  std::mt19937_64 rng(7);
+  std::uniform_int_distribution<int32_t> tok(0, V - 2);
+  nlohmann::json out{{"what", o.what}, {"threads", omp_get_max_threads()}, {"batch", o.batch},
+                     {"preset", o.preset}, {"model", o.model}};
+  auto time_loop = [&](auto&& body) {
+    body();  // warm-up
+    int iters = 0;
+    auto start = Clock::now();
+    double elapsed = 0;
+    do {
+      body();
+      ++iters;
+      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    } while (elapsed < o.seconds);
+    return std::pair{iters, elapsed};
+  };
+  if (o.what == "forward") {
+    std::vector<int32_t> x0(size_t(o.batch) * L), xt(x0.size());
+    for (size_t i = 0; i < x0.size(); ++i) {
+      x0[i] = tok(rng);
+      xt[i] = (rng() % 2) ? c.mask_index : x0[i];
+    }
+    TrainActivations<float> act;
+    auto [iters, secs] = time_loop([&] { model.forward_train(xt, x0, o.batch, act); });
+    const double flops = o.batch * (c.n_blocks * (linear_flops_per_row(c) * 2 * L +
+                                                   4.0 * training_mask_pairs(c) * D) +
+                                    2.0 * L * D * V);
+    out["seconds"] = secs / iters;
+    out["tokens_per_s"] = o.batch * L * iters / secs;
+    out["gflops"] = flops * iters / secs / 1e9;
+    out["flops_per_call"] = flops;
+  } else if (o.what == "decode") {
+    // One block against a full cache window (model_length - block_size cached tokens).
+    KVCache<float> cache(c, o.batch);
+    std::vector<int32_t> block(size_t(o.batch) * Bp);
+    while (cache.length() < L - Bp) {
+      for (auto& t : block) t = tok(rng);
+      model.commit_block(block, cache);
+    }
+    for (auto& t : block) t = c.mask_index;
+    std::vector<float> logits;
+    auto [iters, secs] = time_loop([&] { model.forward_block(block, cache, logits); });
+    const double rows = double(o.batch) * Bp;
+    const double flops = rows * (c.n_blocks * (linear_flops_per_row(c) + 4.0 * L * D) + 2.0 * D * V);
+    const double weight_bytes = 4.0 * (double(c.n_blocks) * 12.0 * D * D + double(V) * D);
+    const double cache_bytes = 4.0 * 2.0 * double(c.n_blocks) * L * D * o.batch;
+    out["seconds"] = secs / iters;
+    out["nfe_per_s"] = iters / secs;
+    out["ms_per_nfe"] = 1e3 * secs / iters;
+    out["gflops"] = flops * iters / secs / 1e9;
+    out["bytes_per_nfe"] = weight_bytes + cache_bytes;
+    out["gb_per_s"] = (weight_bytes + cache_bytes) * iters / secs / 1e9;
+  } else {
+    fail_usage("--what must be forward or decode");
+  }
+  fmt::print("{}\n", out.dump());
+  return 0;
+}
+
+Registrar forward_cmd([](CLI::App& app) -> Runner {
+  auto o = std::make_shared<ForwardOptions>();
+  auto* sub = app.add_subcommand("forward", "Run a checkpoint on the fixture cases format; write .npy logits");
+  sub->add_option("--model", o->model, "checkpoint directory (config.json + model.safetensors)")->required();
+  sub->add_option("--cases", o->cases, "cases.json")->required();
+  sub->add_option("--out", o->out, "output directory")->required();
+  sub->add_flag("--grad", o->grad, "also write grads.safetensors (gradient of nelbo_mean)");
+  sub->add_option("--threads", o->threads, "threads (0 = all cores)");
+  return [o] { return run_forward(*o); };
+});
+
+Registrar inspect_cmd([](CLI::App& app) -> Runner {
+  auto dir = std::make_shared<std::string>();
+  auto* sub = app.add_subcommand("inspect", "Validate a checkpoint and print its summary as JSON");
+  sub->add_option("--model", *dir, "checkpoint directory")->required();
+  return [dir] { return run_inspect(*dir); };
+});
+
+Registrar bench_cmd([](CLI::App& app) -> Runner {
+  auto o = std::make_shared<BenchOptions>();
+  auto* sub = app.add_subcommand("bench", "Measure forward or decode throughput; one JSON line");
+  sub->add_option("--model", o->model, "checkpoint directory");
+  sub->add_option("--preset", o->preset, "random-weight model: small or mid")
+      ->check(CLI::IsMember({"small", "mid"}));
+  sub->add_option("--what", o->what, "forward | decode")->check(CLI::IsMember({"forward", "decode"}));
+  sub->add_option("--threads", o->threads, "threads (0 = all cores)");
+  sub->add_option("--batch", o->batch, "sequences per call");
+  sub->add_option("--seconds", o->seconds, "minimum measuring time");
+  return [o] { return run_bench(*o); };
+});
+
+}  // namespace
+}  // namespace bd3::cli
