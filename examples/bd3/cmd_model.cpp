@@ -1,5 +1,6 @@
 // bd3 forward | inspect | bench: the core commands over a checkpoint or a preset.
 #include <bd3/bd3.hpp>
+#include <bd3/train/backward.hpp>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -32,10 +33,17 @@ std::vector<int32_t> json_ids(const nlohmann::json& j, const char* what, int voc
 }
 
 // ---- bd3 forward ------------------------------------------------------------------
-// TODO(lead): replace with loss_and_gradient once train/backward.hpp lands.
-void write_gradients(const CliModel&, const std::vector<int32_t>&, const std::vector<int32_t>&,
-                     const std::vector<double>&, const std::string&, nlohmann::json&) {
-  fail_usage("--grad is not available yet");
+// The gradient of nelbo_mean for every parameter, under the parameter's own name.
+void write_gradients(const CliModel& model, const std::vector<int32_t>& xt, const std::vector<int32_t>& x0,
+                     const std::vector<double>& weight, const std::string& out, nlohmann::json& result) {
+  std::vector<float> grads(size_t(model.layout().total()), 0.0f);
+  const double loss = loss_and_gradient(model, xt, x0, 1, weight, std::span<float>(grads));
+  std::vector<io::TensorToWrite> tensors;
+  for (const auto& e : model.layout().entries())
+    tensors.push_back({e.name, e.shape, std::span<const float>(grads).subspan(size_t(e.offset), size_t(e.size))});
+  io::write_safetensors(std::filesystem::path(out) / "grads.safetensors", tensors,
+                        {{"loss", "nelbo_mean"}, {"value", fmt::format("{:.17g}", loss)}});
+  result["grads_file"] = "grads.safetensors";
 }
 
 struct ForwardOptions {
