@@ -1,0 +1,176 @@
+// Throughput of each xsimd kernel (kernels/simd.hpp) against its float scalar twin
+// (kernels/scalar.hpp, compiled with the same flags, so GCC may auto-vectorise the simple
+// loops) at n = 768 (d_model) and n = 50258 (the vocabulary), single thread.
+// Counters: items_per_second = elements / s; bytes_per_second = the bytes the kernel
+// names (inputs read once + outputs written once), i.e. a lower bound on its traffic.
+// Inputs are kept in a steady state across iterations (no overflow, no subnormals).
+//   build/release/bench_kernels --benchmark_min_time=0.2
+#include <bd3/kernels/scalar.hpp>
+#include <bd3/kernels/simd.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstddef>
+#include <random>
+#include <vector>
+
+namespace {
+
+namespace k = bd3::kernels;
+
+std::vector<float> random_vec(std::ptrdiff_t n, float lo, float hi, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+void finish(benchmark::State& state, std::ptrdiff_t n, std::ptrdiff_t floats_touched) {
+  state.SetItemsProcessed(state.iterations() * n);
+  state.SetBytesProcessed(state.iterations() * floats_touched * std::ptrdiff_t(sizeof(float)));
+}
+
+enum class Impl { simd, scalar };
+
+template <Impl I>
+void BM_layer_norm(benchmark::State& state) {
+  const std::ptrdiff_t n = state.range(0);
+  auto x = random_vec(n, -2, 3, 1);
+  std::vector<float> y(x.size());
+  float mean = 0;
+  for (auto _ : state) {
+    float r = I == Impl::simd ? k::simd::layer_norm(x.data(), y.data(), n, 1e-5f, &mean)
+                              : k::scalar::layer_norm(x.data(), y.data(), n, 1e-5f, &mean);
+    benchmark::DoNotOptimize(r);
+    benchmark::ClobberMemory();
+  }
+  finish(state, n, 2 * n);
+}
+
+template <Impl I>
+void BM_scale_shift(benchmark::State& state) {
+  const std::ptrdiff_t n = state.range(0);
+  auto y = random_vec(n, -1, 1, 1), a = random_vec(n, 0.9f, 0.99f, 2), b = random_vec(n, -1, 1, 3);
+  for (auto _ : state) {  // y -> y a + b converges to b / (1 - a)
+    if constexpr (I == Impl::simd) k::simd::scale_shift(y.data(), a.data(), b.data(), n);
+    else k::scalar::scale_shift(y.data(), a.data(), b.data(), n);
+    benchmark::ClobberMemory();
+  }
+  finish(state, n, 4 * n);
+}
+
+template <Impl I>
+void BM_gelu_tanh(benchmark::State& state) {
+  const std::ptrdiff_t n = state.range(0);
+  auto x = random_vec(n, -5, 5, 1);
+  std::vector<float> y(x.size());
+  for (auto _ : state) {
+    if constexpr (I == Impl::simd) k::simd::gelu_tanh(x.data(), y.data(), n);
+    else k::scalar::gelu_tanh(x.data(), y.data(), n);
+    benchmark::ClobberMemory();
+  }
+  finish(state, n, 2 * n);
+}
+
+template <Impl I>
+void BM_softmax(benchmark::State& state) {
+  const std::ptrdiff_t n = state.range(0);
+  auto x = random_vec(n, -10, 10, 1);
+  for (auto _ : state) {  // in place: later iterations see probabilities (same cost, no subnormals)
+    if constexpr (I == Impl::simd) k::simd::softmax(x.data(), n);
+    else k::scalar::softmax(x.data(), n);
+    benchmark::ClobberMemory();
+  }
+  finish(state, n, 2 * n);
+}
+
+template <Impl I>
+void BM_logsumexp(benchmark::State& state) {
+  const std::ptrdiff_t n = state.range(0);
+  auto x = random_vec(n, -10, 10, 1);
+  for (auto _ : state) {
+    float r = I == Impl::simd ? k::simd::logsumexp(x.data(), n) : k::scalar::logsumexp(x.data(), n);
+    benchmark::DoNotOptimize(r);
+  }
+  finish(state, n, n);
+}
+
+template <Impl I, bool Transpose>
+void BM_rotary(benchmark::State& state) {
+  const std::ptrdiff_t n = state.range(0);  // one "head" of size dh = n
+  auto x = random_vec(n, -1, 1, 1);
+  std::vector<float> c(std::size_t(n / 2)), s(std::size_t(n / 2));
+  for (std::size_t j = 0; j < c.size(); ++j) c[j] = std::cos(0.37f * float(j)), s[j] = std::sin(0.37f * float(j));
+  for (auto _ : state) {
+    if constexpr (I == Impl::simd) {
+      if constexpr (Transpose) k::simd::rotary_transpose(x.data(), c.data(), s.data(), n);
+      else k::simd::rotary(x.data(), c.data(), s.data(), n);
+    } else {
+      if constexpr (Transpose) k::scalar::rotary_transpose(x.data(), c.data(), s.data(), n);
+      else k::scalar::rotary(x.data(), c.data(), s.data(), n);
+    }
+    benchmark::ClobberMemory();
+  }
+  finish(state, n, 3 * n);  // x read + written, cos/sin n/2 each
+}
+
+template <Impl I>
+void BM_gated_add(benchmark::State& state) {
+  const std::ptrdiff_t n = state.range(0);
+  auto x = random_vec(n, -1, 1, 1), g = random_vec(n, -1e-3f, 1e-3f, 2), y = random_vec(n, -1, 1, 3);
+  for (auto _ : state) {
+    if constexpr (I == Impl::simd) k::simd::gated_add(x.data(), g.data(), y.data(), n);
+    else k::scalar::gated_add(x.data(), g.data(), y.data(), n);
+    benchmark::ClobberMemory();
+  }
+  finish(state, n, 4 * n);
+}
+
+template <Impl I>
+void BM_dot(benchmark::State& state) {
+  const std::ptrdiff_t n = state.range(0);
+  auto a = random_vec(n, -1, 1, 1), b = random_vec(n, -1, 1, 2);
+  for (auto _ : state) {
+    float r = I == Impl::simd ? k::simd::dot(a.data(), b.data(), n) : k::scalar::dot(a.data(), b.data(), n);
+    benchmark::DoNotOptimize(r);
+  }
+  finish(state, n, 2 * n);
+}
+
+template <Impl I>
+void BM_axpy(benchmark::State& state) {
+  const std::ptrdiff_t n = state.range(0);
+  auto x = random_vec(n, -1e-3f, 1e-3f, 1), y = random_vec(n, -1, 1, 2);
+  float alpha = 0.5f;
+  for (auto _ : state) {
+    if constexpr (I == Impl::simd) k::simd::axpy(alpha, x.data(), y.data(), n);
+    else k::scalar::axpy(alpha, x.data(), y.data(), n);
+    alpha = -alpha;  // y oscillates instead of drifting
+    benchmark::ClobberMemory();
+  }
+  finish(state, n, 3 * n);
+}
+
+#define BD3_BENCH_PAIR(fn)                                       \
+  BENCHMARK_TEMPLATE(fn, Impl::simd)->Arg(768)->Arg(50258);      \
+  BENCHMARK_TEMPLATE(fn, Impl::scalar)->Arg(768)->Arg(50258)
+
+BD3_BENCH_PAIR(BM_layer_norm);
+BD3_BENCH_PAIR(BM_scale_shift);
+BD3_BENCH_PAIR(BM_gelu_tanh);
+BD3_BENCH_PAIR(BM_softmax);
+BD3_BENCH_PAIR(BM_logsumexp);
+BENCHMARK_TEMPLATE(BM_rotary, Impl::simd, false)->Arg(768)->Arg(50258);
+BENCHMARK_TEMPLATE(BM_rotary, Impl::scalar, false)->Arg(768)->Arg(50258);
+BENCHMARK_TEMPLATE(BM_rotary, Impl::simd, true)->Arg(768)->Arg(50258);
+BENCHMARK_TEMPLATE(BM_rotary, Impl::scalar, true)->Arg(768)->Arg(50258);
+BD3_BENCH_PAIR(BM_gated_add);
+BD3_BENCH_PAIR(BM_dot);
+BD3_BENCH_PAIR(BM_axpy);
+#undef BD3_BENCH_PAIR
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,258 @@
+#pragma once
+// xsimd kernels for float, on xsimd's default architecture at compile time (fma3+avx2,
+// 8 lanes, on the development machine). Each kernel has a scalar twin with the same
+// signature in kernels/scalar.hpp; tests/test_kernels.cpp holds them to each other and
+// to the double twin.
+//
+// Conventions: all loads and stores are unaligned (callers' pointers carry no alignment
+// guarantee); the last n % lanes elements run through a scalar tail that evaluates the
+// same formula as the vector body. Reductions keep several independent accumulators, so
+// their summation order (and last-bit rounding) differs from the scalar twin's.
+#include <bd3/kernels/scalar.hpp>
+
+#include <xsimd/xsimd.hpp>
+
+#include <cmath>
+#include <cstddef>
+
+namespace bd3::kernels::simd {
+
+namespace detail {
+
+using batch = xsimd::batch<float>;
+inline constexpr std::ptrdiff_t lanes = static_cast<std::ptrdiff_t>(batch::size);
+
+// n rounded down to a multiple of m (the end of a vector loop; the rest is the tail).
+inline constexpr std::ptrdiff_t floor_to(std::ptrdiff_t n, std::ptrdiff_t m) { return n - n % m; }
+
+inline batch load(const float* p) { return batch::load_unaligned(p); }
+inline void store(float* p, const batch& v) { v.store_unaligned(p); }
+
+// Largest element of a batch (xsimd 8.1 has no reduce_max).
+inline float hmax(const batch& v) {
+  alignas(64) float buf[batch::size];
+  v.store_aligned(buf);
+  float m = buf[0];
+  for (std::size_t i = 1; i < batch::size; ++i) m = buf[i] > m ? buf[i] : m;
+  return m;
+}
+
+inline float max_of(const float* x, std::ptrdiff_t n) {
+  std::ptrdiff_t i = 0;
+  float m = x[0];
+  if (n >= lanes) {
+    batch m0 = load(x), m1 = m0;
+    i = lanes;
+    for (const std::ptrdiff_t stop = lanes + floor_to(n - lanes, 2 * lanes); i < stop; i += 2 * lanes) {
+      m0 = xsimd::max(m0, load(x + i));
+      m1 = xsimd::max(m1, load(x + i + lanes));
+    }
+    for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) m0 = xsimd::max(m0, load(x + i));
+    m = hmax(xsimd::max(m0, m1));
+  }
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+inline float sum_of(const float* x, std::ptrdiff_t n) {
+  batch s0(0.f), s1(0.f), s2(0.f), s3(0.f);
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, 4 * lanes); i < stop; i += 4 * lanes) {
+    s0 += load(x + i);
+    s1 += load(x + i + lanes);
+    s2 += load(x + i + 2 * lanes);
+    s3 += load(x + i + 3 * lanes);
+  }
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) s0 += load(x + i);
+  float s = xsimd::hadd((s0 + s1) + (s2 + s3));
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// sum_i (x_i - c)^2
+inline float sum_sq_dev(const float* x, std::ptrdiff_t n, float c) {
+  const batch cv(c);
+  batch s0(0.f), s1(0.f), s2(0.f), s3(0.f);
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, 4 * lanes); i < stop; i += 4 * lanes) {
+    batch d0 = load(x + i) - cv, d1 = load(x + i + lanes) - cv;
+    batch d2 = load(x + i + 2 * lanes) - cv, d3 = load(x + i + 3 * lanes) - cv;
+    s0 = xsimd::fma(d0, d0, s0);
+    s1 = xsimd::fma(d1, d1, s1);
+    s2 = xsimd::fma(d2, d2, s2);
+    s3 = xsimd::fma(d3, d3, s3);
+  }
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) {
+    batch d = load(x + i) - cv;
+    s0 = xsimd::fma(d, d, s0);
+  }
+  float s = xsimd::hadd((s0 + s1) + (s2 + s3));
+  for (; i < n; ++i) s += (x[i] - c) * (x[i] - c);
+  return s;
+}
+
+// gelu_tanh(x) = 0.5 x (1 + tanh(u)), u = k (x + 0.044715 x^3). With
+// 1 + tanh(u) = 2 / (1 + exp(-2u)) this is x / (1 + exp(t)), t = -2u = x (-2k - 2k c x^2):
+// no cancellation near u = 0 or u -> -inf, and for huge |x| t -> -/+inf gives exp 0/inf,
+// i.e. x or -0 (never NaN for finite x).
+inline constexpr float gelu_m2k = float(-2.0 * 0.7978845608028654);
+inline constexpr float gelu_m2kc = float(-2.0 * 0.7978845608028654 * 0.044715);
+
+inline batch gelu_tanh(const batch& x) {
+  batch t = x * xsimd::fma(x * x, batch(gelu_m2kc), batch(gelu_m2k));
+  return x / (batch(1.f) + xsimd::exp(t));
+}
+inline float gelu_tanh(float x) {
+  float t = x * std::fma(x * x, gelu_m2kc, gelu_m2k);
+  return x / (1.f + std::exp(t));
+}
+
+}  // namespace detail
+
+// Layer norm without affine: y = (x - mean) / sqrt(var + eps), two passes over x (mean,
+// then the centred sum of squares). Returns rstd; writes the mean through mean_out.
+inline float layer_norm(const float* x, float* y, std::ptrdiff_t n, float eps, float* mean_out) {
+  using namespace detail;
+  const float mean = sum_of(x, n) / float(n);
+  const float var = sum_sq_dev(x, n, mean) / float(n);
+  const float rstd = 1.f / std::sqrt(var + eps);
+  const batch mv(mean), rv(rstd);
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(y + i, (load(x + i) - mv) * rv);
+  for (; i < n; ++i) y[i] = (x[i] - mean) * rstd;
+  if (mean_out) *mean_out = mean;
+  return rstd;
+}
+
+// y = y * a + b
+inline void scale_shift(float* y, const float* a, const float* b, std::ptrdiff_t n) {
+  using namespace detail;
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(y + i, xsimd::fma(load(y + i), load(a + i), load(b + i)));
+  for (; i < n; ++i) y[i] = std::fma(y[i], a[i], b[i]);
+}
+
+inline void gelu_tanh(const float* x, float* y, std::ptrdiff_t n) {
+  using namespace detail;
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(y + i, detail::gelu_tanh(load(x + i)));
+  for (; i < n; ++i) y[i] = detail::gelu_tanh(x[i]);
+}
+
+// In-place softmax: max, exp(x - max) with running sum, scale by 1/sum. -inf entries
+// give exactly 0.
+inline void softmax(float* x, std::ptrdiff_t n) {
+  using namespace detail;
+  const float m = max_of(x, n);
+  const batch mv(m);
+  batch s0(0.f), s1(0.f);
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, 2 * lanes); i < stop; i += 2 * lanes) {
+    batch e0 = xsimd::exp(load(x + i) - mv), e1 = xsimd::exp(load(x + i + lanes) - mv);
+    store(x + i, e0);
+    store(x + i + lanes, e1);
+    s0 += e0;
+    s1 += e1;
+  }
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) {
+    batch e = xsimd::exp(load(x + i) - mv);
+    store(x + i, e);
+    s0 += e;
+  }
+  float s = xsimd::hadd(s0 + s1);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    s += x[i];
+  }
+  const float inv = 1.f / s;
+  const batch iv(inv);
+  i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(x + i, load(x + i) * iv);
+  for (; i < n; ++i) x[i] *= inv;
+}
+
+// log(sum(exp(x))) = max + log(sum(exp(x - max))).
+inline float logsumexp(const float* x, std::ptrdiff_t n) {
+  using namespace detail;
+  const float m = max_of(x, n);
+  const batch mv(m);
+  batch s0(0.f), s1(0.f);
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, 2 * lanes); i < stop; i += 2 * lanes) {
+    s0 += xsimd::exp(load(x + i) - mv);
+    s1 += xsimd::exp(load(x + i + lanes) - mv);
+  }
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) s0 += xsimd::exp(load(x + i) - mv);
+  float s = xsimd::hadd(s0 + s1);
+  for (; i < n; ++i) s += std::exp(x[i] - m);
+  return m + std::log(s);
+}
+
+// Rotary (NeoX half-split) on one head of size dh; cos/sin hold dh/2 entries.
+inline void rotary(float* x, const float* c, const float* s, std::ptrdiff_t dh) {
+  using namespace detail;
+  const std::ptrdiff_t h = dh / 2;
+  std::ptrdiff_t j = 0;
+  for (const std::ptrdiff_t stop = floor_to(h, lanes); j < stop; j += lanes) {
+    batch a = load(x + j), b = load(x + j + h), cv = load(c + j), sv = load(s + j);
+    store(x + j, xsimd::fma(a, cv, -(b * sv)));
+    store(x + j + h, xsimd::fma(b, cv, a * sv));
+  }
+  for (; j < h; ++j) {
+    float a = x[j], b = x[j + h];
+    x[j] = std::fma(a, c[j], -(b * s[j]));
+    x[j + h] = std::fma(b, c[j], a * s[j]);
+  }
+}
+
+// The transpose of rotary (rotation by -angle).
+inline void rotary_transpose(float* x, const float* c, const float* s, std::ptrdiff_t dh) {
+  using namespace detail;
+  const std::ptrdiff_t h = dh / 2;
+  std::ptrdiff_t j = 0;
+  for (const std::ptrdiff_t stop = floor_to(h, lanes); j < stop; j += lanes) {
+    batch a = load(x + j), b = load(x + j + h), cv = load(c + j), sv = load(s + j);
+    store(x + j, xsimd::fma(a, cv, b * sv));
+    store(x + j + h, xsimd::fma(b, cv, -(a * sv)));
+  }
+  for (; j < h; ++j) {
+    float a = x[j], b = x[j + h];
+    x[j] = std::fma(a, c[j], b * s[j]);
+    x[j + h] = std::fma(b, c[j], -(a * s[j]));
+  }
+}
+
+// x += g * y
+inline void gated_add(float* x, const float* g, const float* y, std::ptrdiff_t n) {
+  using namespace detail;
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(x + i, xsimd::fma(load(g + i), load(y + i), load(x + i)));
+  for (; i < n; ++i) x[i] = std::fma(g[i], y[i], x[i]);
+}
+
+inline float dot(const float* a, const float* b, std::ptrdiff_t n) {
+  using namespace detail;
+  batch s0(0.f), s1(0.f), s2(0.f), s3(0.f);
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, 4 * lanes); i < stop; i += 4 * lanes) {
+    s0 = xsimd::fma(load(a + i), load(b + i), s0);
+    s1 = xsimd::fma(load(a + i + lanes), load(b + i + lanes), s1);
+    s2 = xsimd::fma(load(a + i + 2 * lanes), load(b + i + 2 * lanes), s2);
+    s3 = xsimd::fma(load(a + i + 3 * lanes), load(b + i + 3 * lanes), s3);
+  }
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) s0 = xsimd::fma(load(a + i), load(b + i), s0);
+  float s = xsimd::hadd((s0 + s1) + (s2 + s3));
+  for (; i < n; ++i) s = std::fma(a[i], b[i], s);
+  return s;
+}
+
+// y += alpha * x
+inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) {
+  using namespace detail;
+  const batch av(alpha);
+  std::ptrdiff_t i = 0;
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(y + i, xsimd::fma(av, load(x + i), load(y + i)));
+  for (; i < n; ++i) y[i] = std::fma(alpha, x[i], y[i]);
+}
+
+}  // namespace bd3::kernels::simd
