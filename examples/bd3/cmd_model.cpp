@@ -219,8 +219,30 @@ int run_bench(const BenchOptions& o) {
     out["gflops"] = flops * iters / secs / 1e9;
     out["bytes_per_nfe"] = weight_bytes + cache_bytes;
     out["gb_per_s"] = (weight_bytes + cache_bytes) * iters / secs / 1e9;
+  } else if (o.what == "train") {
+    // One training step's forward + backward (loss_and_gradient) at batch x model_length.
+    std::vector<int32_t> x0(size_t(o.batch) * L), xt(x0.size());
+    for (size_t i = 0; i < x0.size(); ++i) {
+      x0[i] = tok(rng);
+      xt[i] = (i % L != 0 && rng() % 2) ? c.mask_index : x0[i];
+    }
+    std::vector<double> weight(x0.size(), 2.0);
+    std::vector<float> grads(size_t(model.layout().total()));
+    TrainScratch<float> scratch;
+    auto [iters, secs] = time_loop([&] {
+      std::fill(grads.begin(), grads.end(), 0.0f);
+      loss_and_gradient(model, xt, x0, o.batch, weight, std::span<float>(grads), Dropout{}, &scratch);
+    });
+    // Model FLOPs: backward = 2 x forward, the usual convention for MFU.
+    const double forward_flops = o.batch * (c.n_blocks * (linear_flops_per_row(c) * 2 * L +
+                                                           4.0 * training_mask_pairs(c) * D) +
+                                            2.0 * L * D * V);
+    out["seconds"] = secs / iters;
+    out["tokens_per_s"] = o.batch * L * iters / secs;
+    out["gflops"] = 3.0 * forward_flops * iters / secs / 1e9;
+    out["flops_per_call"] = 3.0 * forward_flops;
   } else {
-    fail_usage("--what must be forward or decode");
+    fail_usage("--what must be forward, decode or train");
   }
   fmt::print("{}\n", out.dump());
   return 0;
@@ -246,11 +268,12 @@ Registrar inspect_cmd([](CLI::App& app) -> Runner {
 
 Registrar bench_cmd([](CLI::App& app) -> Runner {
   auto o = std::make_shared<BenchOptions>();
-  auto* sub = app.add_subcommand("bench", "Measure forward or decode throughput; one JSON line");
+  auto* sub = app.add_subcommand("bench", "Measure forward, decode or training throughput; one JSON line");
   sub->add_option("--model", o->model, "checkpoint directory");
   sub->add_option("--preset", o->preset, "random-weight model: small or mid")
       ->check(CLI::IsMember({"small", "mid"}));
-  sub->add_option("--what", o->what, "forward | decode")->check(CLI::IsMember({"forward", "decode"}));
+  sub->add_option("--what", o->what, "forward | decode | train")
+      ->check(CLI::IsMember({"forward", "decode", "train"}));
   sub->add_option("--threads", o->threads, "threads (0 = all cores)");
   sub->add_option("--batch", o->batch, "sequences per call");
   sub->add_option("--seconds", o->seconds, "minimum measuring time");
