@@ -1,0 +1,652 @@
+// bd3 train | bd3 eval: training BD3-LMs on text and measuring their NELBO.
+//   bd3 train --data FILE --out DIR [model, optimizer, schedule flags] [--resume]
+//       progress on stderr, OUT/metrics.jsonl, crash-safe checkpoints in OUT (see
+//       include/bd3/train/trainer_state.hpp and docs/training.md).
+//   bd3 eval --model DIR --data FILE [--samples K] [--split validation|train|all]
+//       one JSON line: nelbo, ppl, bits_per_token, tokens.
+#include <bd3/diffusion/estimator.hpp>
+#include <bd3/text/bpe_trainer.hpp>
+#include <bd3/text/corpus.hpp>
+#include <bd3/text/detail/files.hpp>
+#include <bd3/text/tokenizer.hpp>
+#include <bd3/train/trainer.hpp>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+#include "model_common.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace text = bd3::text;
+namespace train = bd3::train;
+using bd3::fail;
+using bd3::fail_usage;
+using bd3::cli::CliModel;
+using Clock = std::chrono::steady_clock;
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+std::string format_duration(double s) {
+  if (!(s >= 0) || s > 1e8) return "?";
+  const auto t = int64_t(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02}m{:02}s", t / 3600, (t / 60) % 60, t % 60);
+  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+// Progress on stderr: redrawn in place on a terminal, else one line every 5%.
+class Progress {
+ public:
+  Progress(std::string label, int64_t total, bool quiet)
+      : label_(std::move(label)), total_(std::max<int64_t>(total, 1)), tty_(::isatty(2) == 1), quiet_(quiet) {}
+
+  void update(int64_t done, const std::string& detail, double eta_seconds) {
+    if (quiet_) return;
+    const double pct = 100.0 * double(done) / double(total_);
+    if (tty_) {
+      const auto now = Clock::now();
+      if (done < total_ && drawn_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
+      last_draw_ = now, drawn_ = true;
+      constexpr int width = 24;
+      const int filled = int(std::min(1.0, double(done) / double(total_)) * width);
+      std::string bar(size_t(filled), '=');
+      if (filled < width) bar += '>' + std::string(size_t(width - filled - 1), ' ');
+      fmt::print(stderr, "\r{} {}/{} [{}] {:5.1f}% {} ETA {}\033[K", label_, done, total_, bar, pct, detail,
+                 format_duration(eta_seconds));
+      std::fflush(stderr);
+    } else {
+      const int64_t bucket = int64_t(pct / 5.0);
+      if (bucket == last_bucket_ && done < total_) return;
+      if (done >= total_ && last_bucket_ == 20) return;
+      last_bucket_ = done >= total_ ? 20 : bucket;
+      fmt::print(stderr, "{} {}/{} ({:.0f}%) {} ETA {}\n", label_, done, total_, pct, detail,
+                 format_duration(eta_seconds));
+    }
+  }
+  void message(const std::string& line) {
+    if (quiet_) return;
+    if (tty_ && drawn_) fmt::print(stderr, "\r\033[K");
+    fmt::print(stderr, "{}\n", line);
+    drawn_ = false;
+  }
+  void set_total(int64_t total) { total_ = std::max<int64_t>(total, 1); }
+  void finish() {
+    if (!quiet_ && tty_ && drawn_) fmt::print(stderr, "\n");
+    drawn_ = false;
+  }
+
+ private:
+  std::string label_;
+  int64_t total_;
+  bool tty_, quiet_;
+  bool drawn_ = false;
+  int64_t last_bucket_ = -1;
+  Clock::time_point last_draw_{};
+};
+
+// --tokenizer bytes | gpt2:DIR | DIR | bpe:N (or bpe with --tokenizer-vocab N).
+text::Tokenizer make_tokenizer(const std::string& spec, int64_t bpe_vocab, const std::vector<fs::path>& data,
+                               int threads, Progress& progress) {
+  auto train_bpe = [&](int64_t n) {
+    if (n < 257 || n > int64_t(text::kMaxVocabSize))
+      fail_usage(fmt::format("BPE vocabulary size must be in 257..{}, got {}", text::kMaxVocabSize, n));
+    std::vector<std::string> contents;
+    for (const auto& f : data) contents.push_back(text::detail::read_file(f, uint64_t{4} << 30, "training data"));
+    std::vector<std::string_view> views(contents.begin(), contents.end());
+    text::BpeTrainOptions o;
+    o.vocab_size = int32_t(n);
+    o.threads = threads;
+    progress.message(fmt::format("bd3 train: training a BPE tokenizer of {} tokens on the data", n));
+    return text::Tokenizer(text::train_bpe(views, o));
+  };
+  if (spec == "bytes") {
+    if (bpe_vocab > 0) fail_usage("--tokenizer-vocab goes with --tokenizer bpe (or bpe:N)");
+    return text::Tokenizer::bytes();
+  }
+  if (spec == "bpe") {
+    if (bpe_vocab <= 0) fail_usage("--tokenizer bpe needs --tokenizer-vocab N");
+    return train_bpe(bpe_vocab);
+  }
+  if (spec.starts_with("bpe:")) {
+    int64_t n = 0;
+    try {
+      size_t pos = 0;
+      n = std::stoll(spec.substr(4), &pos);
+      if (pos != spec.size() - 4) throw std::invalid_argument("trailing");
+    } catch (const std::exception&) {
+      fail_usage("--tokenizer bpe:N needs an integer N, got '" + spec + "'");
+    }
+    if (bpe_vocab > 0 && bpe_vocab != n) fail_usage("--tokenizer-vocab differs from the N of --tokenizer bpe:N");
+    return train_bpe(n);
+  }
+  if (bpe_vocab > 0) fail_usage("--tokenizer-vocab goes with --tokenizer bpe (or bpe:N)");
+  const std::string dir = spec.starts_with("gpt2:") ? spec.substr(5) : spec;
+  if (dir.empty()) fail_usage("--tokenizer: expected bytes, gpt2:DIR, DIR or bpe:N");
+  if (!fs::is_directory(dir))
+    fail_usage("--tokenizer '" + spec + "': expected bytes, gpt2:DIR, DIR or bpe:N (no directory " + dir + ")");
+  return text::Tokenizer::load_from(dir);
+}
+
+// Keeps the lines of metrics.jsonl written before the checkpoint of `step` (after a
+// resume): step lines up to `step`, clip-search events (logged at the start of step
+// `step`) before it.
+void trim_metrics(const fs::path& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("step")) continue;  // a torn last line
+    if (!j["step"].is_number_integer()) continue;
+    const int64_t s = j["step"].get<int64_t>();
+    if (j.contains("event") ? s < step : s <= step) kept += line + "\n";
+  }
+  bd3::io::write_file_atomic(path, kept);
+}
+
+struct TrainFlags {
+  std::vector<std::string> data;
+  std::string tokenizer = "bytes";
+  int64_t tokenizer_vocab = 0;
+  int block_size = 4, length = 128, layers = 4, hidden = 256, heads = 4, cond = 128;
+  int batch = 8;
+  int64_t steps = 1000;
+  double lr = 3e-4;
+  uint64_t seed = 0;
+  int threads = 0;
+  std::string out;
+  int64_t checkpoint_every = 500;
+  bool resume = false;
+  double max_seconds = 0;
+  std::string noise = "loglinear";
+  bool clip_search = false;
+  int64_t clip_every = 500;
+  int clip_batches = 4;
+  std::vector<double> clip_widths{0.5, 0.6, 0.7, 0.8, 0.9};
+  int64_t warmup = -1;
+  bool cosine = false;
+  double min_lr = 0;
+  double weight_decay = 0;
+  double grad_clip = 1.0;
+  double ema = 0.9999;
+  int accumulate = 1;
+  double dropout = 0;
+  double val_fraction = 0.05;
+  double eps_min = 1e-3, eps_max = 1.0;
+  bool resample = false;
+  double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
+  int64_t log_every = 1;
+  bool quiet = false;
+};
+
+// Options that define a run; on --resume they must not be given with another value.
+struct Fixed {
+  const char* flag;
+  std::function<bool(const train::TrainOptions&, const bd3::ModelConfig&, const TrainFlags&)> same;
+};
+
+int run_train(const TrainFlags& f, CLI::App* cmd) {
+  bd3::cli::set_threads(f.threads);
+  if (f.out.empty()) fail_usage("--out is required");
+  if (f.log_every < 1) fail_usage("--log-every must be >= 1");
+  if (f.checkpoint_every < 0) fail_usage("--checkpoint-every must be >= 0");
+  if (!(f.max_seconds >= 0)) fail_usage("--max-seconds must be >= 0");
+  const fs::path out = f.out;
+  const bool has_pointer = fs::exists(out / train::kPointerFile);
+  if (!f.resume && has_pointer)
+    fail_usage(out.string() + " already holds a training checkpoint: add --resume, or choose another --out");
+  if (f.resume && !has_pointer) fail_usage("--resume: " + out.string() + " holds no checkpoint (checkpoint.json)");
+  train::DirectoryLock lock(out);
+  Progress progress("bd3 train", f.steps, f.quiet);
+  auto given = [&](const char* name) { return cmd->get_option(name)->count() > 0; };
+
+  std::optional<text::Tokenizer> tokenizer;
+  std::optional<train::TrainingCheckpoint> ck;
+  std::vector<fs::path> data(f.data.begin(), f.data.end());
+  train::TrainOptions opts;
+  bd3::ModelConfig config;
+  if (f.resume) {
+    ck = train::load_training_checkpoint(out);
+    if (!ck->tokenizer) fail(ck->dir.string() + " has no tokenizer");
+    tokenizer = ck->tokenizer;
+    opts = ck->state.options;
+    config = ck->config;
+    if (data.empty()) {
+      for (const auto& p : ck->state.extra.value("data", std::vector<std::string>{})) data.emplace_back(p);
+      if (data.empty()) fail_usage("--resume: give --data (the checkpoint does not name its data files)");
+    }
+    // Flags that define the run must agree with the checkpoint.
+    const std::vector<Fixed> fixed = {
+        {"--block-size", [](auto&, auto& c, auto& f) { return c.block_size == f.block_size; }},
+        {"--length", [](auto&, auto& c, auto& f) { return c.model_length == f.length; }},
+        {"--layers", [](auto&, auto& c, auto& f) { return c.n_blocks == f.layers; }},
+        {"--hidden", [](auto&, auto& c, auto& f) { return c.hidden_dim == f.hidden; }},
+        {"--heads", [](auto&, auto& c, auto& f) { return c.n_heads == f.heads; }},
+        {"--cond", [](auto&, auto& c, auto& f) { return c.cond_dim == f.cond; }},
+        {"--batch", [](auto& o, auto&, auto& f) { return o.batch == f.batch; }},
+        {"--lr", [](auto& o, auto&, auto& f) { return o.adamw.lr == f.lr; }},
+        {"--seed", [](auto& o, auto&, auto& f) { return o.seed == f.seed; }},
+        {"--noise", [](auto& o, auto&, auto& f) { return o.noise == f.noise; }},
+        {"--clip-search", [](auto& o, auto&, auto& f) { return o.clip_search == f.clip_search; }},
+        {"--clip-every", [](auto& o, auto&, auto& f) { return o.clip_every == f.clip_every; }},
+        {"--warmup", [](auto& o, auto&, auto& f) { return o.warmup == f.warmup; }},
+        {"--cosine", [](auto& o, auto&, auto& f) { return (o.lr_shape == train::LrShape::cosine) == f.cosine; }},
+        {"--weight-decay", [](auto& o, auto&, auto& f) { return o.adamw.weight_decay == f.weight_decay; }},
+        {"--grad-clip", [](auto& o, auto&, auto& f) { return o.grad_clip == f.grad_clip; }},
+        {"--ema", [](auto& o, auto&, auto& f) { return o.ema == f.ema; }},
+        {"--accumulate", [](auto& o, auto&, auto& f) { return o.accumulate == f.accumulate; }},
+        {"--dropout", [](auto& o, auto&, auto& f) { return o.dropout == f.dropout; }},
+        {"--val-fraction", [](auto& o, auto&, auto& f) { return o.val_fraction == f.val_fraction; }},
+        {"--resample", [](auto& o, auto&, auto& f) { return o.resample == f.resample; }},
+    };
+    for (const auto& fx : fixed)
+      if (given(fx.flag) && !fx.same(opts, config, f))
+        fail_usage(std::string("--resume: ") + fx.flag + " differs from the checkpoint's value (" +
+                   ck->dir.string() + "/trainer_state.json)");
+    const auto& extra = ck->state.extra;
+    const bool same_tokenizer =
+        (!given("--tokenizer") || extra.value("tokenizer", std::string()) == f.tokenizer) &&
+        (!given("--tokenizer-vocab") || extra.value("tokenizer_vocab", int64_t(0)) == f.tokenizer_vocab);
+    if (!same_tokenizer) fail_usage("--resume: --tokenizer differs from the checkpoint's (it keeps its tokenizer)");
+    if ((given("--eps-min") && f.eps_min != opts.interval.eps_min) ||
+        (given("--eps-max") && f.eps_max != opts.interval.eps_max))
+      fail_usage("--resume: --eps-min/--eps-max differ from the checkpoint's initial interval");
+    opts.steps = f.steps;
+    if (!given("--steps")) opts.steps = std::max(ck->state.options.steps, ck->state.step);
+    progress.set_total(opts.steps);
+  } else {
+    if (data.empty()) fail_usage("--data is required");
+    for (const auto& d : data)
+      if (!fs::is_regular_file(d)) fail("--data " + d.string() + ": no such file");
+    if (f.block_size < 1) fail_usage("--block-size must be >= 1");
+    if (f.length < 2) fail_usage("--length must be >= 2");
+    if (f.length % f.block_size != 0)
+      fail_usage(fmt::format("--block-size {} does not divide --length {}", f.block_size, f.length));
+    if (f.layers < 1 || f.hidden < 2 || f.heads < 1 || f.cond < 1) fail_usage("--layers, --hidden, --heads, --cond must be positive");
+    if (f.hidden % f.heads != 0 || (f.hidden / f.heads) % 2 != 0)
+      fail_usage(fmt::format("--hidden {} must be a multiple of --heads {} with an even head size", f.hidden, f.heads));
+    (void)bd3::noise_from_name(f.noise);  // usage error when unknown
+    tokenizer = make_tokenizer(f.tokenizer, f.tokenizer_vocab, data, f.threads, progress);
+    opts.noise = f.noise;
+    opts.batch = f.batch;
+    opts.accumulate = f.accumulate;
+    opts.steps = f.steps;
+    opts.seed = f.seed;
+    opts.adamw.lr = f.lr;
+    opts.adamw.beta1 = f.beta1, opts.adamw.beta2 = f.beta2, opts.adamw.eps = f.adam_eps;
+    opts.adamw.weight_decay = f.weight_decay;
+    opts.warmup = f.warmup >= 0 ? f.warmup : std::min<int64_t>(2500, f.steps / 10);
+    opts.lr_shape = f.cosine ? train::LrShape::cosine : train::LrShape::constant;
+    opts.min_lr = f.min_lr;
+    opts.grad_clip = f.grad_clip;
+    opts.ema = f.ema;
+    opts.dropout = f.dropout;
+    opts.interval = {f.eps_min, f.eps_max};
+    opts.resample = f.resample;
+    opts.clip_search = f.clip_search;
+    opts.clip_every = f.clip_every;
+    opts.clip_batches = f.clip_batches;
+    opts.clip.widths = f.clip_widths;
+    opts.val_fraction = f.val_fraction;
+    opts.validate();
+    config.block_size = f.block_size;
+    config.model_length = f.length;
+    config.n_blocks = f.layers;
+    config.hidden_dim = f.hidden;
+    config.n_heads = f.heads;
+    config.cond_dim = f.cond;
+    config.vocab_size = tokenizer->model_vocab_size();
+    config.mask_index = tokenizer->mask_id();
+    config.dropout = f.dropout;
+    config.sampling_eps_min = f.eps_min, config.sampling_eps_max = f.eps_max;
+    try {
+      config.validate();
+    } catch (const bd3::Error& e) {
+      fail_usage(e.what());
+    }
+  }
+
+  // The data.
+  text::CorpusOptions co;
+  co.model_length = config.model_length;
+  co.val_fraction = opts.val_fraction;
+  co.threads = f.threads;
+  co.cache_path = out / "tokens.cache";
+  const auto t_data = Clock::now();
+  const text::Corpus corpus = text::Corpus::open(*tokenizer, data, co);
+  if (ck) {
+    const auto want = ck->state.extra.value("corpus_fingerprint", std::string());
+    if (!want.empty() && want != corpus.fingerprint())
+      fail("--resume: the data differ from the data the checkpoint was trained on");
+  }
+  progress.message(fmt::format("bd3 train: {} tokens, {} documents, {} training / {} validation sequences of {} ({:.1f}s)",
+                               corpus.stream().size(), corpus.documents(), corpus.size(text::Split::train),
+                               corpus.size(text::Split::validation), config.model_length,
+                               std::chrono::duration<double>(Clock::now() - t_data).count()));
+
+  // The trainer.
+  std::unique_ptr<train::Trainer<CliModel>> trainer;
+  if (ck) {
+    CliModel model(ck->config, bd3::RuntimeNoise(opts.noise));
+    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), *ck, corpus);
+    trainer->set_total_steps(opts.steps);
+    progress.message(fmt::format("bd3 train: resumed {} at step {}", ck->dir.string(), trainer->step()));
+  } else {
+    CliModel model(config, bd3::RuntimeNoise(opts.noise));
+    train::init_model(model, opts.seed);
+    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), opts, corpus);
+    nlohmann::json extra;
+    std::vector<std::string> files;
+    for (const auto& d : data) files.push_back(fs::absolute(d).string());
+    extra["data"] = files;
+    extra["corpus_fingerprint"] = corpus.fingerprint();
+    extra["tokenizer"] = f.tokenizer;
+    extra["tokenizer_vocab"] = f.tokenizer_vocab;
+    extra["tokenizer_kind"] = std::string(tokenizer->kind_name());
+    extra["threads"] = f.threads;
+    trainer->state().extra = extra;
+  }
+  const auto& cfg = trainer->model().config();
+  progress.message(fmt::format("bd3 train: model {} parameters (L {}, block {}, {} layers, hidden {}, {} heads, vocab {}), "
+                               "batch {} x {}, lr {} ({}, warmup {}), noise {}, interval [{}, {}]",
+                               trainer->model().parameters().size(), cfg.model_length, cfg.block_size, cfg.n_blocks,
+                               cfg.hidden_dim, cfg.n_heads, cfg.vocab_size, opts.batch, opts.accumulate, opts.adamw.lr,
+                               opts.lr_schedule().shape_name(), opts.warmup, opts.noise,
+                               trainer->interval().eps_min, trainer->interval().eps_max));
+
+  // Metrics.
+  const fs::path metrics_path = out / "metrics.jsonl";
+  if (ck)
+    trim_metrics(metrics_path, trainer->step());
+  else
+    bd3::io::write_file_atomic(metrics_path, "");
+  std::FILE* metrics = std::fopen(metrics_path.c_str(), "a");
+  if (!metrics) bd3::fail_io("cannot open " + metrics_path.string());
+  struct Closer {
+    std::FILE* f;
+    ~Closer() { std::fclose(f); }
+  } closer{metrics};
+  auto write_metric = [&](const nlohmann::json& j) {
+    const std::string line = j.dump() + "\n";
+    if (std::fwrite(line.data(), 1, line.size(), metrics) != line.size() || std::fflush(metrics) != 0)
+      bd3::fail_io("cannot write " + metrics_path.string());
+  };
+
+  g_stop_signal = 0;
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+  const auto session_start = Clock::now();
+  const int64_t first_step = trainer->step();
+  int64_t window_tokens = 0;
+  double window_seconds = 0, loss_window = 0;
+  int window_steps = 0;
+  std::string stop_reason = "steps";
+  auto save = [&]() {
+    const auto dir = trainer->save(out, &*tokenizer);
+    return dir;
+  };
+  while (!trainer->done()) {
+    auto r = trainer->train_step();
+    if (r.clip) {
+      nlohmann::json cands = nlohmann::json::array();
+      for (size_t i = 0; i < r.clip->candidates.size(); ++i)
+        cands.push_back({{"eps_min", r.clip->candidates[i].eps_min},
+                         {"eps_max", r.clip->candidates[i].eps_max},
+                         {"variance", r.clip->variance[i]},
+                         {"nelbo", r.clip->nelbo[i]}});
+      const auto best = r.clip->best_interval();
+      write_metric({{"step", r.step},
+                    {"event", "clip_search"},
+                    {"best", {best.eps_min, best.eps_max}},
+                    {"candidates", cands}});
+      progress.message(fmt::format("bd3 train: step {}: clip search chose [{}, {}] (variance {:.4g}; full [1e-3, 1]: {:.4g})",
+                                   r.step, best.eps_min, best.eps_max, r.clip->variance[r.clip->best],
+                                   r.clip->variance[0]));
+    }
+    window_tokens += r.tokens, window_seconds += r.seconds, loss_window += r.loss, ++window_steps;
+    const int64_t done = trainer->step();
+    const double session = std::chrono::duration<double>(Clock::now() - session_start).count();
+    const double tps = window_seconds > 0 ? double(window_tokens) / window_seconds : 0.0;
+    if (done % f.log_every == 0 || trainer->done()) {
+      write_metric({{"step", done},
+                    {"loss", r.loss},
+                    {"loss_avg", loss_window / window_steps},
+                    {"lr", r.lr},
+                    {"grad_norm", r.grad_norm},
+                    {"tokens_per_s", tps},
+                    {"seconds", trainer->state().elapsed_seconds},
+                    {"eps_min", trainer->interval().eps_min},
+                    {"eps_max", trainer->interval().eps_max}});
+    }
+    const double per_step = session / double(std::max<int64_t>(1, done - first_step));
+    progress.update(done, fmt::format("loss {:.4f} lr {:.2e} {:.0f} tok/s", r.loss, r.lr, tps),
+                    per_step * double(trainer->options().steps - done));
+    if (done % f.log_every == 0) window_tokens = 0, window_seconds = 0, loss_window = 0, window_steps = 0;
+    if (f.checkpoint_every > 0 && done % f.checkpoint_every == 0 && !trainer->done()) save();
+    if (f.max_seconds > 0 && session >= f.max_seconds) {
+      stop_reason = "max_seconds";
+      break;
+    }
+    if (g_stop_signal) {
+      stop_reason = g_stop_signal == SIGINT ? "interrupted" : "terminated";
+      break;
+    }
+  }
+  std::signal(SIGINT, SIG_DFL);
+  std::signal(SIGTERM, SIG_DFL);
+  progress.finish();
+  const auto dir = save();
+  const double session = std::chrono::duration<double>(Clock::now() - session_start).count();
+  const int64_t session_tokens = trainer->state().tokens_seen - (ck ? ck->state.tokens_seen : 0);
+  nlohmann::json summary = {{"step", trainer->step()},
+                            {"stopped", stop_reason},
+                            {"checkpoint", dir.string()},
+                            {"eps_min", trainer->interval().eps_min},
+                            {"eps_max", trainer->interval().eps_max},
+                            {"tokens", session_tokens},
+                            {"tokens_per_s", session > 0 ? double(session_tokens) / session : 0.0},
+                            {"seconds", session}};
+  fmt::print("{}\n", summary.dump());
+  std::fflush(stdout);
+  return 0;
+}
+
+struct EvalFlags {
+  std::string model;
+  std::vector<std::string> data;
+  uint64_t seed = 0;
+  int samples = 1;
+  int batch = 8;
+  std::string split = "validation";
+  int threads = 0;
+  double eps_min = 1e-3, eps_max = 1.0;
+  double val_fraction = -1;
+  std::string noise;
+  std::string tokenizer;
+  int64_t max_sequences = 0;
+  bool quiet = false;
+};
+
+int run_eval(const EvalFlags& f) {
+  bd3::cli::set_threads(f.threads);
+  if (f.samples < 1) fail_usage("--samples must be >= 1");
+  if (f.batch < 1) fail_usage("--batch must be >= 1");
+  if (f.max_sequences < 0) fail_usage("--max-sequences must be >= 0");
+  if (f.split != "validation" && f.split != "train" && f.split != "all")
+    fail_usage("--split must be validation, train or all");
+  bd3::EstimatorOptions eo;
+  eo.eps_min = f.eps_min, eo.eps_max = f.eps_max;
+  eo.shuffle_strata = true;  // unbiased for the fixed order of the evaluated sequences
+  if (!((eo.eps_min > 0 && eo.eps_min <= eo.eps_max && eo.eps_max <= 1.0)))
+    fail_usage("need 0 < --eps-min <= --eps-max <= 1");
+  const fs::path dir = train::resolve_checkpoint_dir(f.model);
+  // What training recorded: the noise schedule and the validation split.
+  std::string noise = "loglinear";
+  double val_fraction = 0.05;
+  if (fs::exists(dir / "trainer_state.json")) {
+    auto st = train::TrainerState::from_json(bd3::read_json_file(dir / "trainer_state.json"),
+                                             (dir / "trainer_state.json").string());
+    noise = st.options.noise;
+    val_fraction = st.options.val_fraction;
+  }
+  if (!f.noise.empty()) noise = f.noise;
+  if (f.val_fraction >= 0) val_fraction = f.val_fraction;
+  const text::Tokenizer tokenizer = [&] {
+    if (f.tokenizer.empty()) return text::Tokenizer::load_from(dir);
+    if (f.tokenizer == "bytes") return text::Tokenizer::bytes();
+    return text::Tokenizer::load_from(f.tokenizer.starts_with("gpt2:") ? f.tokenizer.substr(5) : f.tokenizer);
+  }();
+  auto ck = bd3::load_checkpoint(dir);
+  if (tokenizer.model_vocab_size() != ck.config.vocab_size)
+    fail(fmt::format("the tokenizer has {} ids with MASK but the model's vocabulary is {}", tokenizer.model_vocab_size(),
+                     ck.config.vocab_size));
+  CliModel model(ck.config, bd3::RuntimeNoise(noise));
+  std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());
+  model.parameters_changed();
+  bd3::check_estimator_options(eo, ck.config.model_length, ck.config.block_size);
+
+  if (f.data.empty()) fail_usage("--data is required");
+  std::vector<fs::path> data(f.data.begin(), f.data.end());
+  for (const auto& d : data)
+    if (!fs::is_regular_file(d)) fail("--data " + d.string() + ": no such file");
+  text::CorpusOptions co;
+  co.model_length = ck.config.model_length;
+  co.val_fraction = f.split == "all" ? 0.0 : val_fraction;
+  co.threads = f.threads;
+  const text::Corpus corpus = text::Corpus::open(tokenizer, data, co);
+  std::vector<int64_t> sequences;  // global indices
+  if (f.split == "all") {
+    for (int64_t g = 0; g < corpus.num_sequences(); ++g) sequences.push_back(g);
+  } else {
+    const auto s = f.split == "train" ? text::Split::train : text::Split::validation;
+    for (int64_t i = 0; i < corpus.size(s); ++i) sequences.push_back(corpus.global_index(s, i));
+  }
+  if (f.max_sequences > 0 && int64_t(sequences.size()) > f.max_sequences) sequences.resize(size_t(f.max_sequences));
+  if (sequences.empty()) fail("the " + f.split + " split of the data holds no sequence of " +
+                              std::to_string(ck.config.model_length) + " tokens");
+  const int L = ck.config.model_length;
+  const int64_t batches = (int64_t(sequences.size()) + f.batch - 1) / f.batch;
+  Progress progress("bd3 eval", batches * f.samples, f.quiet);
+  const auto start = Clock::now();
+  double loss_sum = 0;
+  int64_t tokens = 0;
+  std::vector<int32_t> x0;
+  for (int s = 0; s < f.samples; ++s)
+    for (int64_t b = 0; b < batches; ++b) {
+      const int64_t lo = b * f.batch, hi = std::min<int64_t>(lo + f.batch, int64_t(sequences.size()));
+      const int n = int(hi - lo);
+      x0.resize(size_t(n) * L);
+      for (int k = 0; k < n; ++k) corpus.sequence_at(sequences[size_t(lo + k)], std::span<int32_t>(x0).subspan(size_t(k) * L, L));
+      bd3::CounterRng rng(f.seed, {bd3::rng_stream::eval, uint64_t(s), uint64_t(b)});
+      auto terms = bd3::estimate_nelbo(model, x0, n, eo, rng);
+      loss_sum += terms.loss_sum;
+      tokens += terms.tokens;
+      const int64_t done = int64_t(s) * batches + b + 1;
+      const double el = std::chrono::duration<double>(Clock::now() - start).count();
+      progress.update(done, fmt::format("nelbo {:.4f}", loss_sum / double(tokens)),
+                      el / double(done) * double(batches * f.samples - done));
+    }
+  progress.finish();
+  const double nelbo = loss_sum / double(tokens);
+  nlohmann::json j = {{"nelbo", nelbo},
+                      {"ppl", std::exp(nelbo)},
+                      {"bits_per_token", nelbo / std::log(2.0)},
+                      {"tokens", tokens / f.samples},
+                      {"sequences", sequences.size()},
+                      {"samples", f.samples},
+                      {"split", f.split},
+                      {"eps_min", eo.eps_min},
+                      {"eps_max", eo.eps_max},
+                      {"noise", noise},
+                      {"model", dir.string()},
+                      {"seconds", std::chrono::duration<double>(Clock::now() - start).count()}};
+  fmt::print("{}\n", j.dump());
+  std::fflush(stdout);
+  return 0;
+}
+
+bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
+  auto f = std::make_shared<TrainFlags>();
+  auto* cmd = app.add_subcommand("train", "Train a BD3-LM on text (progress on stderr, checkpoints in --out)");
+  cmd->add_option("--data", f->data, "training text file (repeatable)");
+  cmd->add_option("--tokenizer", f->tokenizer, "bytes | gpt2:DIR | DIR | bpe:N (train a BPE of N tokens on the data)")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer-vocab", f->tokenizer_vocab, "vocabulary size of the BPE to train (with --tokenizer bpe)");
+  cmd->add_option("--block-size", f->block_size, "block size B' (divides --length)")->capture_default_str();
+  cmd->add_option("--length", f->length, "sequence length L (BOS included)")->capture_default_str();
+  cmd->add_option("--layers", f->layers, "transformer layers")->capture_default_str();
+  cmd->add_option("--hidden", f->hidden, "hidden size D")->capture_default_str();
+  cmd->add_option("--heads", f->heads, "attention heads")->capture_default_str();
+  cmd->add_option("--cond", f->cond, "adaLN conditioning size")->capture_default_str();
+  cmd->add_option("--batch", f->batch, "sequences per micro-batch")->capture_default_str();
+  cmd->add_option("--steps", f->steps, "total optimizer steps")->capture_default_str();
+  cmd->add_option("--lr", f->lr, "peak learning rate")->capture_default_str();
+  cmd->add_option("--seed", f->seed, "seed of every random choice")->capture_default_str();
+  cmd->add_option("--threads", f->threads, "threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--out", f->out, "output directory (checkpoints, metrics.jsonl)")->required();
+  cmd->add_option("--checkpoint-every", f->checkpoint_every, "steps between checkpoints (0: only at the end)")
+      ->capture_default_str();
+  cmd->add_flag("--resume", f->resume, "continue from --out's checkpoint up to --steps");
+  cmd->add_option("--max-seconds", f->max_seconds, "stop (with a checkpoint) after this many seconds");
+  cmd->add_option("--noise", f->noise, "loglinear | cosine | square | square_root | log")->capture_default_str();
+  cmd->add_flag("--clip-search", f->clip_search, "data-driven clipped schedule: search the interval every --clip-every steps");
+  cmd->add_option("--clip-every", f->clip_every, "steps between clip searches")->capture_default_str();
+  cmd->add_option("--clip-batches", f->clip_batches, "validation batches per clip search")->capture_default_str();
+  cmd->add_option("--clip-widths", f->clip_widths, "candidate interval widths")->delimiter(',')->capture_default_str();
+  cmd->add_option("--warmup", f->warmup, "linear warmup steps (default: min(2500, steps/10))");
+  cmd->add_flag("--cosine", f->cosine, "cosine decay after the warmup (default: constant)");
+  cmd->add_option("--min-lr", f->min_lr, "floor of the cosine decay")->capture_default_str();
+  cmd->add_option("--weight-decay", f->weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  cmd->add_option("--beta1", f->beta1, "AdamW beta1")->capture_default_str();
+  cmd->add_option("--beta2", f->beta2, "AdamW beta2")->capture_default_str();
+  cmd->add_option("--adam-eps", f->adam_eps, "AdamW eps")->capture_default_str();
+  cmd->add_option("--grad-clip", f->grad_clip, "gradient-norm clipping (0: off)")->capture_default_str();
+  cmd->add_option("--ema", f->ema, "EMA decay of the weights (0: off)")->capture_default_str();
+  cmd->add_option("--accumulate", f->accumulate, "micro-batches per optimizer step")->capture_default_str();
+  cmd->add_option("--dropout", f->dropout, "dropout of the attention and MLP branches")->capture_default_str();
+  cmd->add_option("--val-fraction", f->val_fraction, "fraction of the sequences held out")->capture_default_str();
+  cmd->add_option("--eps-min", f->eps_min, "lower end of the noise interval")->capture_default_str();
+  cmd->add_option("--eps-max", f->eps_max, "upper end of the noise interval")->capture_default_str();
+  cmd->add_flag("--resample", f->resample, "redraw masks whose masked fraction is outside the interval (bounded)");
+  cmd->add_option("--log-every", f->log_every, "steps between metrics.jsonl lines")->capture_default_str();
+  cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
+  return [f, cmd] { return run_train(*f, cmd); };
+});
+
+bd3::cli::Registrar eval_command([](CLI::App& app) -> bd3::cli::Runner {
+  auto f = std::make_shared<EvalFlags>();
+  auto* cmd = app.add_subcommand("eval", "NELBO / perplexity bound of a model on text (one JSON line)");
+  cmd->add_option("--model", f->model, "model directory (a checkpoint, or a training --out directory)")->required();
+  cmd->add_option("--data", f->data, "text file (repeatable)")->required();
+  cmd->add_option("--seed", f->seed, "seed of the masks")->capture_default_str();
+  cmd->add_option("--samples", f->samples, "mask draws averaged over")->capture_default_str();
+  cmd->add_option("--batch", f->batch, "sequences per forward")->capture_default_str();
+  cmd->add_option("--split", f->split, "validation | train | all")->capture_default_str();
+  cmd->add_option("--threads", f->threads, "threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--eps-min", f->eps_min, "noise interval (1e-3, 1: the NELBO; with block size 1, 1 1: the exact NLL)")
+      ->capture_default_str();
+  cmd->add_option("--eps-max", f->eps_max, "noise interval upper end")->capture_default_str();
+  cmd->add_option("--val-fraction", f->val_fraction, "held-out fraction (default: the training run's, else 0.05)");
+  cmd->add_option("--noise", f->noise, "noise schedule (default: the training run's, else loglinear)");
+  cmd->add_option("--tokenizer", f->tokenizer, "tokenizer (default: the model directory's): bytes | gpt2:DIR | DIR");
+  cmd->add_option("--max-sequences", f->max_sequences, "evaluate at most this many sequences (0: all)");
+  cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
+  return [f] { return run_eval(*f); };
+});
+
+}  // namespace

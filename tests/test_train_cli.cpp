@@ -1,0 +1,160 @@
+// bd3 train and bd3 eval from the command line: exit codes of bad flags and bad data, a
+// small run with metrics and a checkpoint, --resume, and eval's JSON line.
+#include <bd3/bd3.hpp>
+#include <bd3/train/trainer_state.hpp>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Run {
+  int code = -1;
+  std::string out, err;
+};
+
+Run run(const std::string& args) {
+  const auto tmp = fs::temp_directory_path() / ("bd3_cli_err_" + std::to_string(::getpid()));
+  const std::string cmd = std::string(BD3_CLI_PATH) + " " + args + " 2>" + tmp.string();
+  Run r;
+  std::FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream in(tmp);
+  r.err.assign(std::istreambuf_iterator<char>(in), {});
+  fs::remove(tmp);
+  return r;
+}
+
+fs::path temp_dir(const std::string& name) {
+  auto d = fs::temp_directory_path() / ("bd3_test_cli_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
+  std::ifstream in(p);
+  std::vector<nlohmann::json> out;
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
+
+}  // namespace
+
+TEST_CASE("bd3 train: bad flags and bad data", "[cli][train]") {
+  const auto dir = temp_dir("bad");
+  const auto data = dir / "data.txt";
+  {
+    std::ofstream f(data);
+    for (int i = 0; i < 200; ++i) f << "some text to train on, line " << i << "\n";
+  }
+  const auto empty = dir / "empty.txt";
+  std::ofstream(empty).close();
+  const std::string base = " --tokenizer bytes --layers 1 --hidden 16 --heads 2 --batch 2 --steps 2 --quiet";
+  auto r = run("train --data " + data.string() + " --out " + (dir / "o1").string() + " --block-size 3 --length 32" + base);
+  CHECK(r.code == 2);
+  CHECK(count_lines(r.err) == 1);
+  CHECK(r.err.find("does not divide") != std::string::npos);
+  r = run("train --data " + data.string() + " --out " + (dir / "o2").string() + " --no-such-flag" + base);
+  CHECK(r.code == 2);
+  r = run("train --data " + empty.string() + " --out " + (dir / "o3").string() + " --block-size 4 --length 32" + base);
+  CHECK(r.code == 1);
+  CHECK(count_lines(r.err) == 1);
+  r = run("train --data " + (dir / "missing.txt").string() + " --out " + (dir / "o4").string() + base);
+  CHECK(r.code == 1);
+  r = run("train --data " + data.string() + " --out " + (dir / "o5").string() + " --noise nope" + base);
+  CHECK(r.code == 2);
+  r = run("train --data " + data.string() + " --out " + (dir / "o6").string() + " --hidden 15" + base);
+  CHECK(r.code == 2);
+  r = run("train --data " + data.string() + " --out " + (dir / "o7").string() + " --tokenizer bpe" +
+          " --layers 1 --hidden 16 --heads 2 --batch 2 --steps 2 --quiet");
+  CHECK(r.code == 2);
+  r = run("train --data " + data.string() + " --out " + (dir / "o8").string() + " --resume" + base);
+  CHECK(r.code == 2);
+  r = run("eval --model " + (dir / "nothing").string() + " --data " + data.string());
+  CHECK(r.code == 1);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("bd3 train, --resume, bd3 eval", "[cli][train]") {
+  const auto dir = temp_dir("run");
+  const auto data = dir / "data.txt";
+  {
+    std::ofstream f(data);
+    for (int i = 0; i < 40; ++i) f << "in the beginning was the word, and the word was with the text.\n";
+  }
+  const auto out = dir / "out";
+  const std::string common = " --data " + data.string() + " --out " + out.string() +
+                             " --tokenizer bytes --block-size 4 --length 32 --layers 1 --hidden 32 --heads 2"
+                             " --batch 4 --lr 3e-3 --seed 3 --threads 1 --checkpoint-every 2";
+  auto r = run("train" + common + " --steps 4");
+  REQUIRE(r.code == 0);
+  auto summary = nlohmann::json::parse(r.out);
+  CHECK(summary["step"] == 4);
+  CHECK(r.err.find("bd3 train") != std::string::npos);  // progress on stderr
+  auto metrics = read_jsonl(out / "metrics.jsonl");
+  REQUIRE(metrics.size() == 4);
+  for (const char* k : {"step", "loss", "lr", "grad_norm", "tokens_per_s", "seconds"}) CHECK(metrics.back().contains(k));
+  CHECK(metrics.back()["step"] == 4);
+  auto ck = bd3::train::load_training_checkpoint(out);
+  CHECK(ck.state.step == 4);
+  // A second run into the same directory without --resume is refused.
+  r = run("train" + common + " --steps 4");
+  CHECK(r.code == 2);
+  // A conflicting flag on --resume is refused.
+  r = run("train" + common + " --steps 6 --resume --lr 1e-3");
+  CHECK(r.code == 2);
+  r = run("train" + common + " --steps 6 --resume");
+  REQUIRE(r.code == 0);
+  CHECK(nlohmann::json::parse(r.out)["step"] == 6);
+  metrics = read_jsonl(out / "metrics.jsonl");
+  REQUIRE(metrics.size() == 6);
+  CHECK(metrics.back()["step"] == 6);
+
+  // The same 6 steps in one go give the same weights.
+  const auto out2 = dir / "out2";
+  const std::string common2 = " --data " + data.string() + " --out " + out2.string() +
+                              " --tokenizer bytes --block-size 4 --length 32 --layers 1 --hidden 32 --heads 2"
+                              " --batch 4 --lr 3e-3 --seed 3 --threads 1 --checkpoint-every 2";
+  r = run("train" + common2 + " --steps 6 --quiet");
+  REQUIRE(r.code == 0);
+  auto a = bd3::train::load_training_checkpoint(out), b = bd3::train::load_training_checkpoint(out2);
+  CHECK(a.weights == b.weights);
+  CHECK(a.model == b.model);
+
+  r = run("eval --model " + out.string() + " --data " + data.string() + " --samples 2 --batch 4 --split all --threads 1");
+  REQUIRE(r.code == 0);
+  auto j = nlohmann::json::parse(r.out);
+  CHECK(j["nelbo"].get<double>() > 0);
+  CHECK(j["ppl"].get<double>() == Approx(std::exp(j["nelbo"].get<double>())));
+  CHECK(j["bits_per_token"].get<double>() == Approx(j["nelbo"].get<double>() / std::log(2.0)));
+  CHECK(j["tokens"].get<int64_t>() > 0);
+  // Same seed, same answer; the latest symlink is a model directory too.
+  auto r2 = run("eval --model " + (out / "latest").string() + " --data " + data.string() +
+                " --samples 2 --batch 4 --split all --threads 1");
+  REQUIRE(r2.code == 0);
+  CHECK(nlohmann::json::parse(r2.out)["nelbo"] == j["nelbo"]);
+  r = run("eval --model " + out.string() + " --data " + data.string() + " --split nope");
+  CHECK(r.code == 2);
+  fs::remove_all(dir);
+}
