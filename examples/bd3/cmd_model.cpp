@@ -113,9 +113,10 @@ int run_forward(const ForwardOptions& o) {
 }
 
 // ---- bd3 inspect ------------------------------------------------------------------
-int run_inspect(const std::string& dir) {
+int run_inspect(const std::string& given) {
+  const auto dir = model_dir(given);
   auto config = load_config(dir);
-  auto file = io::SafetensorsFile::open(std::filesystem::path(dir) / "model.safetensors");
+  auto file = io::SafetensorsFile::open(dir / "model.safetensors");
   auto ck = load_checkpoint(dir);
   std::set<std::string> dtypes;
   for (const auto& t : file.tensors()) dtypes.insert(std::string(io::dtype_name(t.dtype)));

@@ -1,6 +1,7 @@
 #pragma once
 // What several subcommands share: the CLI's model type, presets, thread setup.
 #include <bd3/bd3.hpp>
+#include <bd3/train/trainer_state.hpp>
 
 #include <omp.h>
 
@@ -51,8 +52,11 @@ inline void randomize(CliModel& model, uint64_t seed) {
   model.parameters_changed();
 }
 
+// A model directory, or a training output directory (its checkpoint.json names the model).
+inline std::filesystem::path model_dir(const std::string& dir) { return train::resolve_checkpoint_dir(dir); }
+
 inline CliModel load_model(const std::string& dir) {
-  auto ck = load_checkpoint(dir);
+  auto ck = load_checkpoint(model_dir(dir));
   CliModel model(ck.config);
   std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());
   model.parameters_changed();

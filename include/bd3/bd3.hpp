@@ -14,3 +14,13 @@
 #include <bd3/model/model.hpp>
 #include <bd3/model/checkpoint.hpp>
 #include <bd3/diffusion/nelbo.hpp>
+#include <bd3/diffusion/estimator.hpp>
+#include <bd3/diffusion/clip_search.hpp>
+#include <bd3/sample/sampler.hpp>
+#include <bd3/text/tokenizer.hpp>
+#include <bd3/text/corpus.hpp>
+#include <bd3/text/bpe_trainer.hpp>
+#include <bd3/train/backward.hpp>
+#include <bd3/train/optimizer.hpp>
+#include <bd3/train/init.hpp>
+#include <bd3/train/trainer.hpp>

@@ -1,0 +1,243 @@
+// bd3 sample | eval-gen: draw samples from a checkpoint (include/bd3/sample/sampler.hpp),
+// and score samples under an autoregressive judge (generative perplexity).
+#include <bd3/bd3.hpp>
+#include <bd3/sample/gen_ppl.hpp>
+#include <bd3/sample/sampler.hpp>
+#include <bd3/text/tokenizer.hpp>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+#include "model_common.hpp"
+
+namespace bd3::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The checkpoint's tokenizer, when the directory records one.
+std::optional<text::Tokenizer> find_tokenizer(const fs::path& dir) {
+  if (fs::exists(dir / "tokenizer.json") || (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")))
+    return text::Tokenizer::load_from(dir);
+  return std::nullopt;
+}
+
+std::string dump(const nlohmann::ordered_json& j) {
+  // Samples may end inside a multi-byte character: never fail on invalid UTF-8.
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// ---- bd3 sample ----------------------------------------------------------------------
+struct SampleArgs {
+  std::string model, prompt, noise = "loglinear";
+  int64_t length = 0, bos = -1, eos = -1;
+  uint64_t seed = 0;
+  int steps = 0, top_k = 0, batch = 1, threads = 0, max_retries = 10;
+  double top_p = 1.0, temperature = 1.0, threshold = 0.9;
+  bool first_hitting = false, no_kv = false, no_fused = false, var_length = false, json = false;
+  CLI::Option *length_opt = nullptr, *prompt_opt = nullptr, *steps_opt = nullptr, *threshold_opt = nullptr;
+  CLI::Option *bos_opt = nullptr, *eos_opt = nullptr;
+};
+
+int run_sample(const SampleArgs& a) {
+  // Flag values first: no model load for a typo.
+  if (a.length_opt->count() && a.length < 1) fail_usage("--length must be >= 1 (it counts every token, BOS included)");
+  if (a.steps_opt->count() && a.steps < 1) fail_usage("--steps must be >= 1");
+  if (a.steps_opt->count() && a.first_hitting) fail_usage("--steps (DDPM) and --first-hitting exclude each other");
+  if (a.threshold_opt->count() && (a.steps_opt->count() || a.first_hitting))
+    fail_usage("--threshold excludes --steps and --first-hitting");
+  if (!(a.threshold >= 0 && a.threshold <= 1)) fail_usage("--threshold must be in [0, 1]");
+  if (!(a.top_p > 0 && a.top_p <= 1)) fail_usage("--top-p must be in (0, 1]");
+  if (a.top_k < 0) fail_usage("--top-k must be >= 0 (0 = off)");
+  if (!(a.temperature >= 0)) fail_usage("--temperature must be >= 0 (0 = greedy)");
+  if (a.batch < 1) fail_usage("--batch must be >= 1");
+  if (a.max_retries < 0) fail_usage("--max-retries must be >= 0");
+  set_threads(a.threads);
+  const RuntimeNoise noise(a.noise);
+
+  const fs::path dir = model_dir(a.model);  // a model directory or a training output directory
+  auto ck = load_checkpoint(dir);
+  CliModel model(ck.config, noise);
+  std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());
+  model.parameters_changed();
+  ck.parameters = {};
+  const auto& cfg = model.config();
+  const auto tokenizer = find_tokenizer(dir);
+  if (tokenizer && tokenizer->model_vocab_size() != cfg.vocab_size)
+    fail(a.model + ": the tokenizer's vocabulary (" + std::to_string(tokenizer->model_vocab_size()) +
+         " ids with MASK) does not match the model's vocab_size " + std::to_string(cfg.vocab_size));
+
+  auto as_id = [&](int64_t v, const char* what) {
+    if (v < 0 || v >= cfg.vocab_size || v == cfg.mask_index)
+      fail_usage(std::string(what) + " " + std::to_string(v) + " is not a token of the model (vocabulary [0, " +
+                 std::to_string(cfg.vocab_size) + "), MASK = " + std::to_string(cfg.mask_index) + ")");
+    return int32_t(v);
+  };
+  sample::SamplerOptions o;
+  o.method = a.steps_opt->count() ? sample::Method::ddpm
+             : a.threshold_opt->count() ? sample::Method::threshold
+                                        : sample::Method::first_hitting;
+  o.steps = a.steps;
+  o.threshold = a.threshold;
+  o.top_p = a.top_p, o.top_k = a.top_k, o.temperature = a.temperature;
+  o.kv_cache = !a.no_kv, o.fused_commit = !a.no_fused;
+  o.batch = a.batch, o.seed = a.seed, o.max_retries = a.max_retries;
+  o.length = a.length_opt->count() ? a.length : cfg.model_length;
+  o.bos_id = a.bos_opt->count() ? as_id(a.bos, "--bos") : tokenizer ? tokenizer->bos_id() : 0;
+  o.eos_id = a.eos_opt->count() ? as_id(a.eos, "--eos") : tokenizer ? tokenizer->eos_id() : -1;
+  o.length_mode = a.var_length ? sample::LengthMode::variable : sample::LengthMode::fixed;
+  if (a.prompt_opt->count()) {
+    if (!tokenizer) fail_usage("--prompt needs a tokenizer in " + a.model + " (tokenizer.json or vocab.json + merges.txt)");
+    o.prompt = {o.bos_id};
+    auto ids = tokenizer->encode(a.prompt);
+    o.prompt.insert(o.prompt.end(), ids.begin(), ids.end());
+  }
+
+  const bool progress = isatty(STDERR_FILENO);
+  if (progress) {
+    const int64_t total = o.length;
+    o.on_block = [total, last = int64_t(-1)](const sample::BlockEvent& ev) mutable {
+      const int64_t done = ev.position + int64_t(ev.tokens.size());
+      if (ev.rejected) fmt::print(stderr, "\rsequence {}: degenerate sample, retrying\n", ev.sequence);
+      else if (done > last) fmt::print(stderr, "\rsampling: {}/{} tokens", done, total), last = done;
+      std::fflush(stderr);
+    };
+  }
+  sample::Sampler<CliModel> sampler(model, o);
+  const auto results = sampler.generate();
+  if (progress) fmt::print(stderr, "\r\033[K");
+
+  for (size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    const double rate = r.seconds > 0 ? double(r.generated_tokens()) / r.seconds : 0.0;
+    if (a.json) {
+      nlohmann::ordered_json j;
+      j["ids"] = r.ids;
+      j["text"] = tokenizer ? nlohmann::ordered_json(tokenizer->decode(r.ids)) : nlohmann::ordered_json(nullptr);
+      j["tokens"] = r.ids.size();
+      j["generated"] = r.generated_tokens();
+      j["nfe"] = r.nfe;
+      j["commit_calls"] = r.commit_calls;
+      j["retries"] = r.retries;
+      j["seconds"] = r.seconds;
+      j["tokens_per_s"] = rate;
+      j["method"] = sample::method_name(o.method);
+      fmt::print("{}\n", dump(j));
+    } else {
+      if (results.size() > 1) fmt::print("=== sample {} ===\n", i);
+      if (tokenizer) {
+        // The leading BOS is markup, not text.
+        std::span<const int32_t> ids(r.ids);
+        if (!ids.empty() && ids[0] == o.bos_id) ids = ids.subspan(1);
+        fmt::print("{}\n", tokenizer->decode(ids));
+      } else {
+        fmt::print("{}\n", fmt::join(r.ids, " "));
+      }
+    }
+    if (progress)
+      fmt::print(stderr, "sample {}: {} tokens, nfe {}, commit calls {}, {:.2f} s, {:.1f} tokens/s{}\n", i,
+                 r.ids.size(), r.nfe, r.commit_calls, r.seconds, rate,
+                 r.retries ? fmt::format(", {} retries", r.retries) : std::string());
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+const Registrar sample_command([](CLI::App& app) -> Runner {
+  auto a = std::make_shared<SampleArgs>();
+  auto* sub = app.add_subcommand("sample", "Generate samples from a checkpoint (block by block)");
+  sub->add_option("--model", a->model, "Checkpoint directory (config.json, model.safetensors)")->required();
+  a->length_opt = sub->add_option("--length", a->length, "Total tokens, BOS/prompt included (default: model_length)");
+  sub->add_option("--seed", a->seed, "Random seed (same seed, same samples)");
+  a->prompt_opt = sub->add_option("--prompt", a->prompt, "Prompt text (needs a tokenizer); generation continues it");
+  a->steps_opt = sub->add_option("--steps", a->steps, "DDPM sampler with T steps per block");
+  sub->add_flag("--first-hitting", a->first_hitting, "First-hitting sampler (the default)");
+  a->threshold_opt =
+      sub->add_option("--threshold", a->threshold, "Confidence-threshold parallel decoding with tau in [0, 1]");
+  sub->add_option("--top-p", a->top_p, "Nucleus sampling: keep this much probability mass (0, 1]");
+  sub->add_option("--top-k", a->top_k, "Keep the k most probable tokens (0 = off)");
+  sub->add_option("--temperature", a->temperature, "Softmax temperature (0 = greedy)");
+  sub->add_flag("--no-kv-cache", a->no_kv, "Recompute the whole sequence at every step");
+  sub->add_flag("--no-fused-commit", a->no_fused, "Commit finished blocks to the cache in separate calls");
+  sub->add_flag("--var-length", a->var_length, "Variable length: stop after the second EOS (or on a degenerate tail)");
+  sub->add_option("--batch", a->batch, "Sequences sampled together");
+  a->bos_opt = sub->add_option("--bos", a->bos, "BOS id (default: the tokenizer's, else 0)");
+  a->eos_opt = sub->add_option("--eos", a->eos, "EOS id for --var-length (default: the tokenizer's, else BOS)");
+  sub->add_option("--noise", a->noise, "Noise schedule of the DDPM sampler (loglinear, cosine, square, ...)");
+  sub->add_option("--max-retries", a->max_retries, "Redraws of a degenerate fixed-length sample before failing");
+  sub->add_flag("--json", a->json, "One JSON line per sequence: ids, text, tokens, nfe, commit_calls, seconds, ...");
+  sub->add_option("--threads", a->threads, "Threads (0 = all cores)");
+  return [a] { return run_sample(*a); };
+});
+
+// ---- bd3 eval-gen --------------------------------------------------------------------
+struct EvalGenArgs {
+  std::string judge, samples;
+  int threads = 0, batch = 8;
+};
+
+std::vector<std::vector<int32_t>> read_samples(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("cannot open " + path);
+  std::vector<std::vector<int32_t>> out;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    const std::string where = path + ":" + std::to_string(n);
+    if (j.is_discarded() || !j.is_object()) fail(where + ": not a JSON object");
+    auto it = j.find("ids");
+    if (it == j.end() || !it->is_array()) fail(where + ": expected an \"ids\" array");
+    std::vector<int32_t> ids;
+    for (const auto& v : *it) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+        fail(where + ": \"ids\" holds something that is not a token id");
+      ids.push_back(int32_t(v.get<int64_t>()));
+    }
+    out.push_back(std::move(ids));
+  }
+  if (out.empty()) fail(path + " holds no samples");
+  return out;
+}
+
+int run_eval_gen(const EvalGenArgs& a) {
+  if (a.batch < 1) fail_usage("--batch must be >= 1");
+  set_threads(a.threads);
+  auto samples = read_samples(a.samples);
+  auto judge = load_model(a.judge);
+  if (judge.block_size() != 1)
+    fail_usage("--judge must be autoregressive (block size 1); " + a.judge + " has block size " +
+               std::to_string(judge.block_size()));
+  const auto g = sample::generative_perplexity(judge, samples, a.batch);
+  nlohmann::ordered_json j;
+  j["gen_ppl"] = g.gen_ppl();
+  j["entropy"] = g.mean_entropy();
+  j["samples"] = g.samples;
+  j["tokens"] = g.tokens;
+  fmt::print("{}\n", dump(j));
+  return 0;
+}
+
+const Registrar eval_gen_command([](CLI::App& app) -> Runner {
+  auto a = std::make_shared<EvalGenArgs>();
+  auto* sub = app.add_subcommand("eval-gen", "Generative perplexity of samples under an autoregressive judge");
+  sub->add_option("--judge", a->judge, "Checkpoint of an autoregressive BD3-LM (block size 1)")->required();
+  sub->add_option("--samples", a->samples, "JSONL file with an \"ids\" array per line (as sample --json writes)")
+      ->required();
+  sub->add_option("--batch", a->batch, "Windows per judge forward");
+  sub->add_option("--threads", a->threads, "Threads (0 = all cores)");
+  return [a] { return run_eval_gen(*a); };
+});
+
+}  // namespace
+}  // namespace bd3::cli
