@@ -4,6 +4,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build/release}
 "$root/scripts/deps.sh"
+# The default corpus (King James Bible from Debian's bible-kjv), for the corpus tests.
+export BD3_CORPUS=${BD3_CORPUS:-$build/corpus/kjv.txt}
+"$root/scripts/get_corpus.sh" "$BD3_CORPUS"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j "$(nproc)"
 cd "$build"
