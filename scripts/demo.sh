@@ -32,7 +32,7 @@ fi
 
 step "5/6 training a BD3-LM: block size 4, length 128, 4 layers, hidden 256 (${seconds}s budget)"
 "$bd3" train --data "$corpus" --tokenizer "$out/tokenizer" --block-size 4 --length 128 \
-  --layers 4 --hidden 256 --heads 4 --cond 128 --batch 16 --steps 100000 --lr 1e-3 \
+  --layers 4 --hidden 256 --heads 4 --cond 128 --batch 16 --steps 600 --lr 1e-3 \
   --warmup 100 --seed 1 --threads "$(nproc)" --max-seconds "$seconds" --checkpoint-every 200 \
   --out "$out/model"
 
