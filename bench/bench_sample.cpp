@@ -31,7 +31,8 @@ using bd3::sample::Method;
 bd3::ModelConfig preset(const std::string& name) {
   bd3::ModelConfig c;
   if (name == "small") {
-    c.hidden_dim = 768, c.n_blocks = 12, c.n_heads = 12, c.vocab_size = 50258, c.model_length = 1024;
+    c.hidden_dim = 768, c.n_blocks = 12, c.n_heads = 12, c.vocab_size = 50258,
+    c.model_length = 1024;
   } else {
     c.hidden_dim = 256, c.n_blocks = 4, c.n_heads = 4, c.vocab_size = 4096, c.model_length = 256;
   }
@@ -94,7 +95,8 @@ void BM_sample_mid(benchmark::State& state) {
   o.fused_commit = state.range(2) != 0;
   o.batch = int(state.range(3));
   o.length = 256;
-  static const char* names[] = {"first_hitting", "ddpm_T4", "threshold_0.9", "threshold_0.5", "threshold_0"};
+  static const char* names[] = {"first_hitting", "ddpm_T4", "threshold_0.9", "threshold_0.5",
+                                "threshold_0"};
   state.SetLabel(std::string(names[method]) + (o.kv_cache ? " kv" : " no-kv") +
                  (o.kv_cache ? (o.fused_commit ? " fused" : " separate") : "") + " batch " +
                  std::to_string(o.batch));
@@ -119,6 +121,7 @@ BENCHMARK(BM_sample_small)
     ->ArgNames({"length", "batch"})
     ->Args({128, 1})
     ->Args({128, 4})
+    ->Args({1100, 1})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->Iterations(1);

@@ -7,10 +7,11 @@
 #include <bd3/sample/sampler.hpp>
 #include <bd3/text/tokenizer.hpp>
 
+#include <omp.h>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
-#include <omp.h>
 
+#include <sys/wait.h>
 #include <array>
 #include <cmath>
 #include <cstdlib>
@@ -20,7 +21,6 @@
 #include <random>
 #include <sstream>
 #include <string>
-#include <sys/wait.h>
 #include <vector>
 
 using namespace bd3;
@@ -90,7 +90,8 @@ double gamma_q(double a, double x) {
 // p-value of Pearson's chi-square test of the counts against the probabilities; cells
 // expecting fewer than 5 draws are pooled. An observation outside the support gives 0.
 double chi_square_pvalue(const std::map<std::vector<int32_t>, double>& prob,
-                         const std::map<std::vector<int32_t>, int>& counts, int n, double* stat_out = nullptr) {
+                         const std::map<std::vector<int32_t>, int>& counts, int n,
+                         double* stat_out = nullptr) {
   for (auto& [k, c] : counts)
     if (!prob.count(k) || prob.at(k) <= 0) return 0.0;
   double stat = 0, pooled_e = 0, pooled_o = 0;
@@ -133,7 +134,8 @@ TEST_CASE("cached and uncached sampling draw the same tokens past the window", "
   const auto cfg = tiny_config(12, 16, 4);
   auto model = random_model<Model<>>(cfg, 7, 0.5);
   for (Method method : {Method::first_hitting, Method::ddpm, Method::threshold}) {
-    for (std::vector<int32_t> prompt : {std::vector<int32_t>{}, std::vector<int32_t>{0, 3, 5, 7, 2, 1}}) {
+    for (std::vector<int32_t> prompt :
+         {std::vector<int32_t>{}, std::vector<int32_t>{0, 3, 5, 7, 2, 1}}) {
       INFO("method " << method_name(method) << ", prompt tokens " << prompt.size());
       SamplerOptions o;
       o.method = method, o.steps = 3, o.threshold = 0.5, o.batch = 2, o.seed = 11, o.length = 41;
@@ -158,7 +160,8 @@ TEST_CASE("fused commits give the same tokens and save every commit call", "[sam
   const auto cfg = tiny_config(12, 16, 4);
   auto model = random_model<Model<>>(cfg, 8, 0.5);
   for (Method method : {Method::first_hitting, Method::ddpm, Method::threshold}) {
-    for (std::vector<int32_t> prompt : {std::vector<int32_t>{}, std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8}}) {
+    for (std::vector<int32_t> prompt :
+         {std::vector<int32_t>{}, std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8}}) {
       INFO("method " << method_name(method) << ", prompt tokens " << prompt.size());
       SamplerOptions o;
       o.method = method, o.steps = 4, o.threshold = 0.3, o.batch = 2, o.seed = 5, o.length = 38;
@@ -223,7 +226,8 @@ TEST_CASE("NFE accounting of each sampler", "[sample][nfe]") {
 TEST_CASE("first-hitting and DDPM sample exactly their distributions", "[sample][distribution]") {
   // Vocabulary {0, 1, 2} + MASK, block size 2, length 4: [BOS x1 | x2 x3], 27 outcomes.
   const auto cfg = tiny_config(4, 4, 2, 8, 1, 2);
-  auto check = [&](const auto& model, SamplerOptions o, const std::map<std::vector<int32_t>, double>& prob) {
+  auto check = [&](const auto& model, SamplerOptions o,
+                   const std::map<std::vector<int32_t>, double>& prob) {
     double total = 0;
     for (auto& [k, p] : prob) total += p;
     REQUIRE(total == Approx(1.0).margin(1e-9));
@@ -277,7 +281,8 @@ TEST_CASE("first-hitting and DDPM sample exactly their distributions", "[sample]
         const double stay = i == T - 1 ? 0.0 : model.noise().p(s) / model.noise().p(t);
         std::map<std::array<int32_t, 2>, double> next;
         for (auto& [st, w] : state) {
-          const auto q2 = p_x0(model, {0, a, st[0], st[1]}, 2), q3 = p_x0(model, {0, a, st[0], st[1]}, 3);
+          const auto q2 = p_x0(model, {0, a, st[0], st[1]}, 2),
+                     q3 = p_x0(model, {0, a, st[0], st[1]}, 3);
           // Per position: the outcomes with their probabilities.
           auto outcomes = [&](int32_t cur, const std::vector<double>& q) {
             std::vector<std::pair<int32_t, double>> o;
@@ -315,7 +320,8 @@ TEST_CASE("first-hitting and DDPM sample exactly their distributions", "[sample]
 
 TEST_CASE("top-k and top-p keep the right support", "[sample][nucleus]") {
   // Probabilities 0.4, 0.3, 0.2, 0.1 (ids 0..3), MASK = 4 with a huge logit (ignored).
-  const std::vector<double> logits = {std::log(0.4), std::log(0.3), std::log(0.2), std::log(0.1), 50.0};
+  const std::vector<double> logits = {std::log(0.4), std::log(0.3), std::log(0.2), std::log(0.1),
+                                      50.0};
   auto support = [&](Filter f) {
     TokenDistribution d;
     make_distribution(logits.data(), 5, 4, f, d);
@@ -326,11 +332,12 @@ TEST_CASE("top-k and top-p keep the right support", "[sample][nucleus]") {
   };
   CHECK(support({}).first == std::vector<int32_t>{0, 1, 2, 3});
   CHECK(support({1.0, 2, 1.0}).first == std::vector<int32_t>{0, 1});
-  CHECK(support({1.0, 0, 0.75}).first == std::vector<int32_t>{0, 1});     // 0.4 + 0.3 <= 0.75
-  CHECK(support({1.0, 0, 0.65}).first == std::vector<int32_t>{0});        // always the top one
+  CHECK(support({1.0, 0, 0.75}).first == std::vector<int32_t>{0, 1});  // 0.4 + 0.3 <= 0.75
+  CHECK(support({1.0, 0, 0.65}).first == std::vector<int32_t>{0});     // always the top one
   CHECK(support({1.0, 0, 0.1}).first == std::vector<int32_t>{0});
   CHECK(support({1.0, 0, 0.95}).first == std::vector<int32_t>{0, 1, 2});  // 0.9 <= 0.95 < 1
-  CHECK(support({1.0, 3, 0.8}).first == std::vector<int32_t>{0, 1});      // on the top-3: 4/9 + 3/9 <= 0.8
+  CHECK(support({1.0, 3, 0.8}).first ==
+        std::vector<int32_t>{0, 1});  // on the top-3: 4/9 + 3/9 <= 0.8
   auto [s, d] = support({1.0, 2, 1.0});
   CHECK(d.p[0] == Approx(4.0 / 7));
   CHECK(d.p[1] == Approx(3.0 / 7));
@@ -501,10 +508,12 @@ TEST_CASE("bad sampler options are usage errors", "[sample][errors]") {
   usage([](SamplerOptions& o) { o.prompt = {0, 12}; });
 }
 
-TEST_CASE("generative perplexity equals the judge's autoregressive likelihood", "[sample][genppl]") {
+TEST_CASE("generative perplexity equals the judge's autoregressive likelihood",
+          "[sample][genppl]") {
   const auto cfg = tiny_config(12, 8, 1);
   auto judge = random_model<Model<>>(cfg, 17, 0.5);
-  std::vector<std::vector<int32_t>> samples = {{0, 3, 4, 5, 1, 2, 9, 9, 3, 4, 1, 0, 2}, {5, 6}, {7}};
+  std::vector<std::vector<int32_t>> samples = {
+      {0, 3, 4, 5, 1, 2, 9, 9, 3, 4, 1, 0, 2}, {5, 6}, {7}};
   auto g = generative_perplexity(judge, samples, 2);
   // Reference: KV-cached decoding, one MASK query after the clean prefix of each window.
   double nll = 0;
@@ -531,7 +540,9 @@ TEST_CASE("generative perplexity equals the judge's autoregressive likelihood", 
   CHECK(g.samples == 3);
   CHECK(g.entropies[2] == 0.0);
   CHECK(g.entropies[1] == Approx(std::log(2.0)));
-  CHECK_THROWS_AS(generative_perplexity(random_model<Model<>>(tiny_config(12, 8, 4), 1, 0.5), samples), bd3::Error);
+  CHECK_THROWS_AS(
+      generative_perplexity(random_model<Model<>>(tiny_config(12, 8, 4), 1, 0.5), samples),
+      bd3::Error);
 }
 
 // ---- the command line ------------------------------------------------------------------
@@ -545,7 +556,8 @@ struct CliRun {
 CliRun run_cli(const std::string& args) {
   const auto dir = std::filesystem::temp_directory_path();
   const auto out = dir / "bd3_test_sample_out.txt", err = dir / "bd3_test_sample_err.txt";
-  const std::string cmd = std::string(BD3_CLI_PATH) + " " + args + " > " + out.string() + " 2> " + err.string();
+  const std::string cmd =
+      std::string(BD3_CLI_PATH) + " " + args + " > " + out.string() + " 2> " + err.string();
   const int status = std::system(cmd.c_str());
   auto slurp = [](const std::filesystem::path& p) {
     std::ifstream in(p);
@@ -569,7 +581,8 @@ TEST_CASE("bd3 sample and bd3 eval-gen", "[sample][cli]") {
   auto judge = random_model<Model<>>(tiny_config(V, 16, 1), 19, 0.5);
   save_checkpoint(judge_dir, judge.config(), judge.parameters());
 
-  auto r = run_cli("sample --model " + model_dir.string() + " --length 37 --seed 4 --batch 2 --json --threads 1");
+  auto r = run_cli("sample --model " + model_dir.string() +
+                   " --length 37 --seed 4 --batch 2 --json --threads 1");
   REQUIRE(r.code == 0);
   CHECK(r.err.empty());  // not a terminal: no progress
   std::istringstream lines(r.out);
@@ -599,11 +612,12 @@ TEST_CASE("bd3 sample and bd3 eval-gen", "[sample][cli]") {
   // Plain output: the text of each sample.
   auto plain = run_cli("sample --model " + model_dir.string() + " --length 37 --seed 4");
   CHECK(plain.code == 0);
-  CHECK(plain.out.find(text::Tokenizer::bytes().decode(std::span<const int32_t>(lib[0].ids).subspan(1))) !=
-        std::string::npos);
+  CHECK(plain.out.find(text::Tokenizer::bytes().decode(
+            std::span<const int32_t>(lib[0].ids).subspan(1))) != std::string::npos);
 
   // No tokenizer: ids, BOS from --bos.
-  auto ids_only = run_cli("sample --model " + ids_dir.string() + " --length 10 --bos 5 --json --steps 2");
+  auto ids_only =
+      run_cli("sample --model " + ids_dir.string() + " --length 10 --bos 5 --json --steps 2");
   REQUIRE(ids_only.code == 0);
   auto j = nlohmann::json::parse(ids_only.out);
   CHECK(j["ids"][0] == 5);
@@ -611,7 +625,8 @@ TEST_CASE("bd3 sample and bd3 eval-gen", "[sample][cli]") {
   CHECK(run_cli("sample --model " + ids_dir.string() + " --length 10 --prompt hi").code == 2);
 
   // A prompt is encoded after BOS.
-  auto prompted = run_cli("sample --model " + model_dir.string() + " --length 12 --prompt hello --json --threshold 0.5");
+  auto prompted = run_cli("sample --model " + model_dir.string() +
+                          " --length 12 --prompt hello --json --threshold 0.5");
   REQUIRE(prompted.code == 0);
   auto pj = nlohmann::json::parse(prompted.out);
   CHECK(pj["text"].get<std::string>().rfind("<|bos|>hello", 0) == 0);
@@ -628,7 +643,8 @@ TEST_CASE("bd3 sample and bd3 eval-gen", "[sample][cli]") {
     std::ofstream f(root / "samples.jsonl");
     f << r.out;
   }
-  auto ev = run_cli("eval-gen --judge " + judge_dir.string() + " --samples " + (root / "samples.jsonl").string());
+  auto ev = run_cli("eval-gen --judge " + judge_dir.string() + " --samples " +
+                    (root / "samples.jsonl").string());
   REQUIRE(ev.code == 0);
   auto ej = nlohmann::json::parse(ev.out);
   std::vector<std::vector<int32_t>> samples;
@@ -638,7 +654,11 @@ TEST_CASE("bd3 sample and bd3 eval-gen", "[sample][cli]") {
   CHECK(ej["entropy"].get<double>() == Approx(g.mean_entropy()));
   CHECK(ej["samples"] == 2);
   CHECK(ej["tokens"] == 72);
-  CHECK(run_cli("eval-gen --judge " + model_dir.string() + " --samples " + (root / "samples.jsonl").string()).code == 2);
-  CHECK(run_cli("eval-gen --judge " + judge_dir.string() + " --samples " + (root / "none.jsonl").string()).code == 1);
+  CHECK(run_cli("eval-gen --judge " + model_dir.string() + " --samples " +
+                (root / "samples.jsonl").string())
+            .code == 2);
+  CHECK(run_cli("eval-gen --judge " + judge_dir.string() + " --samples " +
+                (root / "none.jsonl").string())
+            .code == 1);
   fs::remove_all(root);
 }

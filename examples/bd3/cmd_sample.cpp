@@ -6,8 +6,8 @@
 #include <bd3/text/tokenizer.hpp>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <filesystem>
@@ -27,7 +27,8 @@ namespace fs = std::filesystem;
 
 // The checkpoint's tokenizer, when the directory records one.
 std::optional<text::Tokenizer> find_tokenizer(const fs::path& dir) {
-  if (fs::exists(dir / "tokenizer.json") || (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")))
+  if (fs::exists(dir / "tokenizer.json") ||
+      (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")))
     return text::Tokenizer::load_from(dir);
   return std::nullopt;
 }
@@ -45,15 +46,18 @@ struct SampleArgs {
   int steps = 0, top_k = 0, batch = 1, threads = 0, max_retries = 10;
   double top_p = 1.0, temperature = 1.0, threshold = 0.9;
   bool first_hitting = false, no_kv = false, no_fused = false, var_length = false, json = false;
-  CLI::Option *length_opt = nullptr, *prompt_opt = nullptr, *steps_opt = nullptr, *threshold_opt = nullptr;
+  CLI::Option *length_opt = nullptr, *prompt_opt = nullptr, *steps_opt = nullptr,
+              *threshold_opt = nullptr;
   CLI::Option *bos_opt = nullptr, *eos_opt = nullptr;
 };
 
 int run_sample(const SampleArgs& a) {
   // Flag values first: no model load for a typo.
-  if (a.length_opt->count() && a.length < 1) fail_usage("--length must be >= 1 (it counts every token, BOS included)");
+  if (a.length_opt->count() && a.length < 1)
+    fail_usage("--length must be >= 1 (it counts every token, BOS included)");
   if (a.steps_opt->count() && a.steps < 1) fail_usage("--steps must be >= 1");
-  if (a.steps_opt->count() && a.first_hitting) fail_usage("--steps (DDPM) and --first-hitting exclude each other");
+  if (a.steps_opt->count() && a.first_hitting)
+    fail_usage("--steps (DDPM) and --first-hitting exclude each other");
   if (a.threshold_opt->count() && (a.steps_opt->count() || a.first_hitting))
     fail_usage("--threshold excludes --steps and --first-hitting");
   if (!(a.threshold >= 0 && a.threshold <= 1)) fail_usage("--threshold must be in [0, 1]");
@@ -74,17 +78,19 @@ int run_sample(const SampleArgs& a) {
   const auto& cfg = model.config();
   const auto tokenizer = find_tokenizer(dir);
   if (tokenizer && tokenizer->model_vocab_size() != cfg.vocab_size)
-    fail(a.model + ": the tokenizer's vocabulary (" + std::to_string(tokenizer->model_vocab_size()) +
+    fail(a.model + ": the tokenizer's vocabulary (" +
+         std::to_string(tokenizer->model_vocab_size()) +
          " ids with MASK) does not match the model's vocab_size " + std::to_string(cfg.vocab_size));
 
   auto as_id = [&](int64_t v, const char* what) {
     if (v < 0 || v >= cfg.vocab_size || v == cfg.mask_index)
-      fail_usage(std::string(what) + " " + std::to_string(v) + " is not a token of the model (vocabulary [0, " +
-                 std::to_string(cfg.vocab_size) + "), MASK = " + std::to_string(cfg.mask_index) + ")");
+      fail_usage(std::string(what) + " " + std::to_string(v) +
+                 " is not a token of the model (vocabulary [0, " + std::to_string(cfg.vocab_size) +
+                 "), MASK = " + std::to_string(cfg.mask_index) + ")");
     return int32_t(v);
   };
   sample::SamplerOptions o;
-  o.method = a.steps_opt->count() ? sample::Method::ddpm
+  o.method = a.steps_opt->count()       ? sample::Method::ddpm
              : a.threshold_opt->count() ? sample::Method::threshold
                                         : sample::Method::first_hitting;
   o.steps = a.steps;
@@ -97,7 +103,9 @@ int run_sample(const SampleArgs& a) {
   o.eos_id = a.eos_opt->count() ? as_id(a.eos, "--eos") : tokenizer ? tokenizer->eos_id() : -1;
   o.length_mode = a.var_length ? sample::LengthMode::variable : sample::LengthMode::fixed;
   if (a.prompt_opt->count()) {
-    if (!tokenizer) fail_usage("--prompt needs a tokenizer in " + a.model + " (tokenizer.json or vocab.json + merges.txt)");
+    if (!tokenizer)
+      fail_usage("--prompt needs a tokenizer in " + a.model +
+                 " (tokenizer.json or vocab.json + merges.txt)");
     o.prompt = {o.bos_id};
     auto ids = tokenizer->encode(a.prompt);
     o.prompt.insert(o.prompt.end(), ids.begin(), ids.end());
@@ -108,8 +116,10 @@ int run_sample(const SampleArgs& a) {
     const int64_t total = o.length;
     o.on_block = [total, last = int64_t(-1)](const sample::BlockEvent& ev) mutable {
       const int64_t done = ev.position + int64_t(ev.tokens.size());
-      if (ev.rejected) fmt::print(stderr, "\rsequence {}: degenerate sample, retrying\n", ev.sequence);
-      else if (done > last) fmt::print(stderr, "\rsampling: {}/{} tokens", done, total), last = done;
+      if (ev.rejected)
+        fmt::print(stderr, "\rsequence {}: degenerate sample, retrying\n", ev.sequence);
+      else if (done > last)
+        fmt::print(stderr, "\rsampling: {}/{} tokens", done, total), last = done;
       std::fflush(stderr);
     };
   }
@@ -123,7 +133,8 @@ int run_sample(const SampleArgs& a) {
     if (a.json) {
       nlohmann::ordered_json j;
       j["ids"] = r.ids;
-      j["text"] = tokenizer ? nlohmann::ordered_json(tokenizer->decode(r.ids)) : nlohmann::ordered_json(nullptr);
+      j["text"] = tokenizer ? nlohmann::ordered_json(tokenizer->decode(r.ids))
+                            : nlohmann::ordered_json(nullptr);
       j["tokens"] = r.ids.size();
       j["generated"] = r.generated_tokens();
       j["nfe"] = r.nfe;
@@ -145,7 +156,8 @@ int run_sample(const SampleArgs& a) {
       }
     }
     if (progress)
-      fmt::print(stderr, "sample {}: {} tokens, nfe {}, commit calls {}, {:.2f} s, {:.1f} tokens/s{}\n", i,
+      fmt::print(stderr,
+                 "sample {}: {} tokens, nfe {}, commit calls {}, {:.2f} s, {:.1f} tokens/s{}\n", i,
                  r.ids.size(), r.nfe, r.commit_calls, r.seconds, rate,
                  r.retries ? fmt::format(", {} retries", r.retries) : std::string());
   }
@@ -156,26 +168,35 @@ int run_sample(const SampleArgs& a) {
 const Registrar sample_command([](CLI::App& app) -> Runner {
   auto a = std::make_shared<SampleArgs>();
   auto* sub = app.add_subcommand("sample", "Generate samples from a checkpoint (block by block)");
-  sub->add_option("--model", a->model, "Checkpoint directory (config.json, model.safetensors)")->required();
-  a->length_opt = sub->add_option("--length", a->length, "Total tokens, BOS/prompt included (default: model_length)");
+  sub->add_option("--model", a->model, "Checkpoint directory (config.json, model.safetensors)")
+      ->required();
+  a->length_opt = sub->add_option("--length", a->length,
+                                  "Total tokens, BOS/prompt included (default: model_length)");
   sub->add_option("--seed", a->seed, "Random seed (same seed, same samples)");
-  a->prompt_opt = sub->add_option("--prompt", a->prompt, "Prompt text (needs a tokenizer); generation continues it");
+  a->prompt_opt = sub->add_option("--prompt", a->prompt,
+                                  "Prompt text (needs a tokenizer); generation continues it");
   a->steps_opt = sub->add_option("--steps", a->steps, "DDPM sampler with T steps per block");
   sub->add_flag("--first-hitting", a->first_hitting, "First-hitting sampler (the default)");
-  a->threshold_opt =
-      sub->add_option("--threshold", a->threshold, "Confidence-threshold parallel decoding with tau in [0, 1]");
+  a->threshold_opt = sub->add_option("--threshold", a->threshold,
+                                     "Confidence-threshold parallel decoding with tau in [0, 1]");
   sub->add_option("--top-p", a->top_p, "Nucleus sampling: keep this much probability mass (0, 1]");
   sub->add_option("--top-k", a->top_k, "Keep the k most probable tokens (0 = off)");
   sub->add_option("--temperature", a->temperature, "Softmax temperature (0 = greedy)");
   sub->add_flag("--no-kv-cache", a->no_kv, "Recompute the whole sequence at every step");
-  sub->add_flag("--no-fused-commit", a->no_fused, "Commit finished blocks to the cache in separate calls");
-  sub->add_flag("--var-length", a->var_length, "Variable length: stop after the second EOS (or on a degenerate tail)");
+  sub->add_flag("--no-fused-commit", a->no_fused,
+                "Commit finished blocks to the cache in separate calls");
+  sub->add_flag("--var-length", a->var_length,
+                "Variable length: stop after the second EOS (or on a degenerate tail)");
   sub->add_option("--batch", a->batch, "Sequences sampled together");
   a->bos_opt = sub->add_option("--bos", a->bos, "BOS id (default: the tokenizer's, else 0)");
-  a->eos_opt = sub->add_option("--eos", a->eos, "EOS id for --var-length (default: the tokenizer's, else BOS)");
-  sub->add_option("--noise", a->noise, "Noise schedule of the DDPM sampler (loglinear, cosine, square, ...)");
-  sub->add_option("--max-retries", a->max_retries, "Redraws of a degenerate fixed-length sample before failing");
-  sub->add_flag("--json", a->json, "One JSON line per sequence: ids, text, tokens, nfe, commit_calls, seconds, ...");
+  a->eos_opt = sub->add_option("--eos", a->eos,
+                               "EOS id for --var-length (default: the tokenizer's, else BOS)");
+  sub->add_option("--noise", a->noise,
+                  "Noise schedule of the DDPM sampler (loglinear, cosine, square, ...)");
+  sub->add_option("--max-retries", a->max_retries,
+                  "Redraws of a degenerate fixed-length sample before failing");
+  sub->add_flag("--json", a->json,
+                "One JSON line per sequence: ids, text, tokens, nfe, commit_calls, seconds, ...");
   sub->add_option("--threads", a->threads, "Threads (0 = all cores)");
   return [a] { return run_sample(*a); };
 });
@@ -230,9 +251,12 @@ int run_eval_gen(const EvalGenArgs& a) {
 
 const Registrar eval_gen_command([](CLI::App& app) -> Runner {
   auto a = std::make_shared<EvalGenArgs>();
-  auto* sub = app.add_subcommand("eval-gen", "Generative perplexity of samples under an autoregressive judge");
-  sub->add_option("--judge", a->judge, "Checkpoint of an autoregressive BD3-LM (block size 1)")->required();
-  sub->add_option("--samples", a->samples, "JSONL file with an \"ids\" array per line (as sample --json writes)")
+  auto* sub = app.add_subcommand("eval-gen",
+                                 "Generative perplexity of samples under an autoregressive judge");
+  sub->add_option("--judge", a->judge, "Checkpoint of an autoregressive BD3-LM (block size 1)")
+      ->required();
+  sub->add_option("--samples", a->samples,
+                  "JSONL file with an \"ids\" array per line (as sample --json writes)")
       ->required();
   sub->add_option("--batch", a->batch, "Windows per judge forward");
   sub->add_option("--threads", a->threads, "Threads (0 = all cores)");

@@ -49,13 +49,15 @@ struct ByProbability {
 // Builds the distribution of one position from its raw logits [V]. Filtering changes
 // which tokens can be drawn, not how confident the model is: `confidence` ignores it.
 template <class T>
-void make_distribution(const T* logits, int V, int32_t mask_id, const Filter& f, TokenDistribution& d) {
+void make_distribution(const T* logits, int V, int32_t mask_id, const Filter& f,
+                       TokenDistribution& d) {
   // Greedy decoding still reports the model's (temperature 1) confidence.
   const double inv_temp = f.temperature > 0 ? 1.0 / f.temperature : 1.0;
   double lmax = -std::numeric_limits<double>::infinity();
   for (int v = 0; v < V; ++v)
     if (v != mask_id) lmax = std::max(lmax, double(logits[v]));
-  if (!std::isfinite(lmax)) throw Error(ErrorKind::numerical, "sampling: the model produced non-finite logits");
+  if (!std::isfinite(lmax))
+    throw Error(ErrorKind::numerical, "sampling: the model produced non-finite logits");
   d.p.resize(size_t(V));
   d.support.clear();
   d.greedy = f.temperature == 0;
@@ -65,7 +67,8 @@ void make_distribution(const T* logits, int V, int32_t mask_id, const Filter& f,
     d.p[v] = e;
     sum += e;
   }
-  if (!std::isfinite(sum)) throw Error(ErrorKind::numerical, "sampling: the model produced non-finite logits");
+  if (!std::isfinite(sum))
+    throw Error(ErrorKind::numerical, "sampling: the model produced non-finite logits");
   // The top logit contributes exp(0) = 1, so at temperature 1 the confidence is 1 / sum.
   if (inv_temp == 1.0) {
     d.confidence = 1.0 / sum;

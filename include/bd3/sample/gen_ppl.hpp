@@ -22,8 +22,8 @@
 namespace bd3::sample {
 
 struct GenerativePerplexity {
-  double nll_sum = 0;            // nats, over the scored tokens
-  int64_t tokens = 0;            // scored tokens
+  double nll_sum = 0;  // nats, over the scored tokens
+  int64_t tokens = 0;  // scored tokens
   int64_t samples = 0;
   std::vector<double> entropies;  // per sample, nats
   double gen_ppl() const { return tokens > 0 ? std::exp(nll_sum / double(tokens)) : std::nan(""); }
@@ -36,12 +36,14 @@ struct GenerativePerplexity {
 
 // Scores the samples under the judge, `windows_per_call` windows per forward.
 template <class Model>
-GenerativePerplexity generative_perplexity(const Model& judge, const std::vector<std::vector<int32_t>>& samples,
+GenerativePerplexity generative_perplexity(const Model& judge,
+                                           const std::vector<std::vector<int32_t>>& samples,
                                            int windows_per_call = 8) {
   const auto& cfg = judge.config();
   if (judge.block_size() != 1)
-    fail_usage("generative perplexity: the judge must be autoregressive (block size 1), got block size " +
-               std::to_string(judge.block_size()));
+    fail_usage(
+        "generative perplexity: the judge must be autoregressive (block size 1), got block size " +
+        std::to_string(judge.block_size()));
   if (windows_per_call < 1) fail_usage("generative perplexity: windows_per_call must be >= 1");
   const int L = cfg.model_length, V = cfg.vocab_size;
   const int32_t mask = cfg.mask_index;
@@ -57,8 +59,8 @@ GenerativePerplexity generative_perplexity(const Model& judge, const std::vector
     for (int32_t t : ids)
       if (t < 0 || t >= V || t == mask)
         fail("sample " + std::to_string(i) + " holds id " + std::to_string(t) +
-             ", not a token of the judge (vocabulary [0, " + std::to_string(V) + "), MASK = " + std::to_string(mask) +
-             ")");
+             ", not a token of the judge (vocabulary [0, " + std::to_string(V) +
+             "), MASK = " + std::to_string(mask) + ")");
     out.entropies.push_back(unigram_entropy(ids));
     ++out.samples;
     for (size_t begin = 0; begin + 1 < ids.size(); begin += size_t(L - 1))
@@ -88,7 +90,8 @@ GenerativePerplexity generative_perplexity(const Model& judge, const std::vector
         for (int v = 0; v < V; ++v)
           if (v != mask) sum += std::exp(double(row[v]) - lmax);
         const double nll = lmax + std::log(sum) - double(row[x0[size_t(b) * L + l]]);
-        if (!std::isfinite(nll)) throw Error(ErrorKind::numerical, "generative perplexity: non-finite judge logits");
+        if (!std::isfinite(nll))
+          throw Error(ErrorKind::numerical, "generative perplexity: non-finite judge logits");
         out.nll_sum += nll;
         ++out.tokens;
       }

@@ -46,9 +46,12 @@ enum class LengthMode { fixed, variable };
 
 inline std::string_view method_name(Method m) {
   switch (m) {
-    case Method::first_hitting: return "first_hitting";
-    case Method::ddpm: return "ddpm";
-    case Method::threshold: return "threshold";
+    case Method::first_hitting:
+      return "first_hitting";
+    case Method::ddpm:
+      return "ddpm";
+    case Method::threshold:
+      return "threshold";
   }
   return "?";
 }
@@ -65,33 +68,33 @@ struct BlockEvent {
 
 struct SamplerOptions {
   Method method = Method::first_hitting;
-  int steps = 0;               // ddpm: T steps per block (0: the block size)
-  double threshold = 0.9;      // threshold: tau in [0, 1]
-  double top_p = 1.0;          // nucleus, in (0, 1]; 1 = off
-  int top_k = 0;               // 0 = off
-  double temperature = 1.0;    // 0 = greedy
+  int steps = 0;             // ddpm: T steps per block (0: the block size)
+  double threshold = 0.9;    // threshold: tau in [0, 1]
+  double top_p = 1.0;        // nucleus, in (0, 1]; 1 = off
+  int top_k = 0;             // 0 = off
+  double temperature = 1.0;  // 0 = greedy
   bool kv_cache = true;
-  bool fused_commit = true;    // commit a finished block inside the next block's first call
+  bool fused_commit = true;  // commit a finished block inside the next block's first call
   int batch = 1;
   uint64_t seed = 0;
   int32_t bos_id = 0;
   std::vector<int32_t> prompt;  // the prefix (BOS included if wanted); empty: {bos_id}
   int64_t length = 0;           // total tokens, prefix included
   LengthMode length_mode = LengthMode::fixed;
-  int32_t eos_id = -1;          // variable length: stop at the second EOS; -1: bos_id
-  int max_retries = 10;         // fixed length: degenerate samples redrawn at most this often
-  StopRule stop;                // the degenerate-sample rule (256 tokens, 4 nats)
+  int32_t eos_id = -1;   // variable length: stop at the second EOS; -1: bos_id
+  int max_retries = 10;  // fixed length: degenerate samples redrawn at most this often
+  StopRule stop;         // the degenerate-sample rule (256 tokens, 4 nats)
   std::function<void(const BlockEvent&)> on_block;
 };
 
 struct SampleResult {
-  std::vector<int32_t> ids;     // every token, prefix included
+  std::vector<int32_t> ids;  // every token, prefix included
   int64_t prompt_tokens = 0;
-  int64_t nfe = 0;              // denoising model calls this sequence needed
-  int64_t commit_calls = 0;     // separate cache-commit calls (fused commits are free)
-  double seconds = 0;           // wall time of the batches this sequence was part of
-  int retries = 0;              // rejected degenerate attempts (fixed length)
-  bool stopped_early = false;   // variable length: a stop rule ended it before `length`
+  int64_t nfe = 0;             // denoising model calls this sequence needed
+  int64_t commit_calls = 0;    // separate cache-commit calls (fused commits are free)
+  double seconds = 0;          // wall time of the batches this sequence was part of
+  int retries = 0;             // rejected degenerate attempts (fixed length)
+  bool stopped_early = false;  // variable length: a stop rule ended it before `length`
   int64_t generated_tokens() const { return int64_t(ids.size()) - prompt_tokens; }
 };
 
@@ -109,7 +112,9 @@ class Sampler {
   using Scalar = typename Model::scalar_type;
 
   // Keeps a reference to the model: it must outlive the sampler.
-  Sampler(const Model& model, SamplerOptions options) : model_(model), o_(std::move(options)) { validate(); }
+  Sampler(const Model& model, SamplerOptions options) : model_(model), o_(std::move(options)) {
+    validate();
+  }
 
   const SamplerOptions& options() const { return o_; }
   const SamplerStats& stats() const { return stats_; }
@@ -130,7 +135,8 @@ class Sampler {
       }
       const auto start = std::chrono::steady_clock::now();
       run(seqs);
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       stats_.seconds += seconds;
       ++stats_.batches;
       todo.clear();
@@ -139,8 +145,9 @@ class Sampler {
         r.seconds += seconds;
         if (s.rejected) {
           if (attempt[s.index] >= o_.max_retries)
-            fail("sampling failed: sequence " + std::to_string(s.index) + " was degenerate (unigram entropy of its last " +
-                 std::to_string(o_.stop.window) + " tokens below " + fmt_double(o_.stop.min_entropy) + " nats) in " +
+            fail("sampling failed: sequence " + std::to_string(s.index) +
+                 " was degenerate (unigram entropy of its last " + std::to_string(o_.stop.window) +
+                 " tokens below " + fmt_double(o_.stop.min_entropy) + " nats) in " +
                  std::to_string(attempt[s.index] + 1) + " attempts");
           ++attempt[s.index];
           ++r.retries;
@@ -166,9 +173,9 @@ class Sampler {
     int64_t length = 0;        // final length, set when the sequence finishes
     int64_t nfe = 0, commit_calls = 0;
     bool active = true, rejected = false, stopped = false;
-    bool need = false;   // this call needs the sequence's logits
-    bool fresh = false;  // logits describe the block's current state (ddpm reuse)
-    std::vector<Scalar> logits;          // [B', V] of the current block
+    bool need = false;                    // this call needs the sequence's logits
+    bool fresh = false;                   // logits describe the block's current state (ddpm reuse)
+    std::vector<Scalar> logits;           // [B', V] of the current block
     std::vector<TokenDistribution> dist;  // per block position, built from logits on demand
     std::vector<char> dist_ok;
   };
@@ -194,21 +201,24 @@ class Sampler {
     if (o_.length < 1) fail_usage("sampler: length must be >= 1");
     filter_ = Filter{o_.temperature, o_.top_k, o_.top_p};
     filter_.validate();
-    if (!(o_.threshold >= 0.0 && o_.threshold <= 1.0)) fail_usage("sampler: threshold must be in [0, 1]");
+    if (!(o_.threshold >= 0.0 && o_.threshold <= 1.0))
+      fail_usage("sampler: threshold must be in [0, 1]");
     if (o_.steps < 0) fail_usage("sampler: steps must be >= 1 (or 0 for the block size)");
     steps_ = o_.steps > 0 ? o_.steps : model_.block_size();
     if (o_.max_retries < 0) fail_usage("sampler: max_retries must be >= 0");
     if (o_.stop.window < 1) fail_usage("sampler: the stop rule's window must be >= 1");
     auto check_id = [&](int32_t id, const std::string& what) {
       if (id < 0 || id >= V || id == mask)
-        fail_usage("sampler: " + what + " " + std::to_string(id) + " is not a token of the model (vocabulary [0, " +
-                   std::to_string(V) + "), MASK = " + std::to_string(mask) + ")");
+        fail_usage("sampler: " + what + " " + std::to_string(id) +
+                   " is not a token of the model (vocabulary [0, " + std::to_string(V) +
+                   "), MASK = " + std::to_string(mask) + ")");
     };
     prefix_ = o_.prompt.empty() ? std::vector<int32_t>{o_.bos_id} : o_.prompt;
     for (int32_t id : prefix_) check_id(id, o_.prompt.empty() ? "BOS id" : "prompt token");
     if (o_.length <= int64_t(prefix_.size()))
-      fail_usage("sampler: length " + std::to_string(o_.length) + " leaves nothing to generate after the " +
-                 std::to_string(prefix_.size()) + "-token prefix");
+      fail_usage("sampler: length " + std::to_string(o_.length) +
+                 " leaves nothing to generate after the " + std::to_string(prefix_.size()) +
+                 "-token prefix");
     eos_ = o_.eos_id >= 0 ? o_.eos_id : o_.bos_id;
     if (o_.length_mode == LengthMode::variable) check_id(eos_, "EOS id");
   }
@@ -346,7 +356,8 @@ class Sampler {
           ev.attempt = s.attempt;
           ev.position = lo;
           ev.rejected = s.rejected;
-          if (!s.rejected && end > lo) ev.tokens = std::span<const int32_t>(s.ids.data() + lo, size_t(end - lo));
+          if (!s.rejected && end > lo)
+            ev.tokens = std::span<const int32_t>(s.ids.data() + lo, size_t(end - lo));
           o_.on_block(ev);
         }
         if (s.rejected || s.stopped || b == blocks - 1) {
@@ -364,8 +375,9 @@ class Sampler {
 
   // One denoising call for the sequences that need it.
   template <class Gather>
-  void evaluate(std::vector<Seq>& seqs, int64_t b, std::vector<int32_t>& tokens, std::vector<int32_t>& pending,
-                KVCache<Scalar>& cache, std::vector<Scalar>& logits, Gather& gather) {
+  void evaluate(std::vector<Seq>& seqs, int64_t b, std::vector<int32_t>& tokens,
+                std::vector<int32_t>& pending, KVCache<Scalar>& cache, std::vector<Scalar>& logits,
+                Gather& gather) {
     const int Bp = model_.block_size(), V = model_.config().vocab_size;
     const size_t rows = size_t(Bp) * V;
     if (o_.kv_cache) {
@@ -408,7 +420,8 @@ class Sampler {
         const Task& t = tasks[i];
         Seq& s = *t.s;
         if (!s.dist_ok[t.pos]) {
-          make_distribution(s.logits.data() + size_t(t.pos) * V, V, cfg.mask_index, filter_, s.dist[t.pos]);
+          make_distribution(s.logits.data() + size_t(t.pos) * V, V, cfg.mask_index, filter_,
+                            s.dist[t.pos]);
           s.dist_ok[t.pos] = 1;
         }
         if (draw) s.ids[size_t(t.at)] = sample_token(s.dist[t.pos], s.rng, t.first);

@@ -12,8 +12,8 @@
 namespace bd3::sample {
 
 struct StopRule {
-  int window = 256;           // tokens whose entropy is checked (once there are more)
-  double min_entropy = 4.0;   // nats
+  int window = 256;          // tokens whose entropy is checked (once there are more)
+  double min_entropy = 4.0;  // nats
 };
 
 // Unigram entropy, in nats, of the empirical token distribution of ids.
@@ -43,7 +43,8 @@ inline bool is_degenerate(std::span<const int32_t> ids, const StopRule& rule = {
 // Variable-length stop: the length to keep (up to and including the EOS) when ids holds
 // a second EOS at a position >= `from` (the generated part: a prompt is never cut). EOS
 // tokens of the prompt count, so when BOS == EOS (GPT-2) the first generated EOS ends it.
-inline std::optional<size_t> second_eos_end(std::span<const int32_t> ids, int32_t eos, size_t from = 0) {
+inline std::optional<size_t> second_eos_end(std::span<const int32_t> ids, int32_t eos,
+                                            size_t from = 0) {
   int seen = 0;
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] == eos && ++seen >= 2 && i >= from) return i + 1;
