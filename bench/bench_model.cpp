@@ -12,7 +12,8 @@ namespace {
 bd3::ModelConfig preset(bool small) {
   bd3::ModelConfig c;
   if (small) {
-    c.hidden_dim = 768, c.n_blocks = 12, c.n_heads = 12, c.vocab_size = 50258, c.model_length = 1024;
+    c.hidden_dim = 768, c.n_blocks = 12, c.n_heads = 12, c.vocab_size = 50258,
+    c.model_length = 1024;
   } else {
     c.hidden_dim = 256, c.n_blocks = 4, c.n_heads = 4, c.vocab_size = 4096, c.model_length = 256;
   }
@@ -30,7 +31,8 @@ void randomize(Model& m) {
 
 template <class Attention>
 void BM_Forward(benchmark::State& state) {
-  using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear, Attention>;
+  using Model =
+      bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear, Attention>;
   Model model(preset(state.range(0)));
   randomize(model);
   const auto& c = model.config();
@@ -45,12 +47,14 @@ void BM_Forward(benchmark::State& state) {
     model.forward_train(xt, x0, 1, act);
     benchmark::DoNotOptimize(act.logits.data());
   }
-  state.counters["tokens/s"] = benchmark::Counter(double(c.model_length), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens/s"] =
+      benchmark::Counter(double(c.model_length), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 template <class Attention>
 void BM_Decode(benchmark::State& state) {
-  using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear, Attention>;
+  using Model =
+      bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear, Attention>;
   Model model(preset(state.range(0)));
   randomize(model);
   const auto& c = model.config();
@@ -69,10 +73,28 @@ void BM_Decode(benchmark::State& state) {
 }  // namespace
 
 // Argument: 0 = mid preset, 1 = small preset.
-BENCHMARK_TEMPLATE(BM_Forward, bd3::BlockSparseAttention)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_Forward, bd3::SimdAttention)->Arg(0)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_Forward, bd3::ScalarAttention)->Arg(0)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_Decode, bd3::BlockSparseAttention)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_Decode, bd3::SimdAttention)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Forward, bd3::BlockSparseAttention)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Forward, bd3::SimdAttention)
+    ->Arg(0)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Forward, bd3::ScalarAttention)
+    ->Arg(0)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, bd3::BlockSparseAttention)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Decode, bd3::SimdAttention)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 BENCHMARK_MAIN();

@@ -29,7 +29,8 @@ inline CliResult run_cli(const std::string& args) {
   std::filesystem::create_directories(dir);
   auto out = dir / ("out" + std::to_string(counter));
   auto err = dir / ("err" + std::to_string(counter++));
-  std::string cmd = std::string(BD3_CLI_PATH) + " " + args + " >" + out.string() + " 2>" + err.string() + " </dev/null";
+  std::string cmd = std::string(BD3_CLI_PATH) + " " + args + " >" + out.string() + " 2>" +
+                    err.string() + " </dev/null";
   int status = std::system(cmd.c_str());
   CliResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

@@ -40,6 +40,8 @@ Model load_fixture_model(const std::string& name) {
   return model;
 }
 
-inline std::vector<int32_t> ids(const nlohmann::json& j) { return j.get<std::vector<int32_t>>(); }
+inline std::vector<int32_t> ids(const nlohmann::json& j) {
+  return j.get<std::vector<int32_t>>();
+}
 
 }  // namespace bd3::test

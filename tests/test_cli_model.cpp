@@ -14,12 +14,13 @@ TEST_CASE("bd3 forward --grad reproduces the fixtures", "[cli][parity]") {
     auto dir = test::fixture_dir(name);
     auto out = std::filesystem::temp_directory_path() / ("bd3_forward_" + name);
     std::filesystem::remove_all(out);
-    auto r = run_cli("forward --model " + dir.string() + " --cases " + (dir / "cases.json").string() + " --out " +
-                     out.string() + " --grad");
+    auto r = run_cli("forward --model " + dir.string() + " --cases " +
+                     (dir / "cases.json").string() + " --out " + out.string() + " --grad");
     REQUIRE(r.exit_code == 0);
     auto line = nlohmann::json::parse(r.out);
     auto cases = test::fixture_cases(name);
-    CHECK(line["nelbo_mean"].get<double>() == Approx(cases["train"]["nelbo_mean"].get<double>()).epsilon(1e-5));
+    CHECK(line["nelbo_mean"].get<double>() ==
+          Approx(cases["train"]["nelbo_mean"].get<double>()).epsilon(1e-5));
     auto logits = io::read_npy(out / "train_logits.npy");
     auto ref = io::read_npy(dir / "train_logits.npy");
     CHECK(logits.shape == ref.shape);
@@ -62,11 +63,13 @@ TEST_CASE("bd3 inspect summarises a checkpoint", "[cli]") {
 }
 
 TEST_CASE("bd3 bench prints one JSON line", "[cli]") {
-  auto r = run_cli("bench --model " + test::fixture_dir("b4").string() + " --what decode --seconds 0.05 --threads 1");
+  auto r = run_cli("bench --model " + test::fixture_dir("b4").string() +
+                   " --what decode --seconds 0.05 --threads 1");
   REQUIRE(r.exit_code == 0);
   auto j = nlohmann::json::parse(r.out);
   CHECK(j["nfe_per_s"].get<double>() > 0);
-  r = run_cli("bench --model " + test::fixture_dir("b4").string() + " --what forward --seconds 0.05 --threads 1");
+  r = run_cli("bench --model " + test::fixture_dir("b4").string() +
+              " --what forward --seconds 0.05 --threads 1");
   REQUIRE(r.exit_code == 0);
   CHECK(nlohmann::json::parse(r.out)["tokens_per_s"].get<double>() > 0);
 }
@@ -88,7 +91,9 @@ TEST_CASE("core commands reject bad input and bad usage with one line", "[cli][e
       {"bench --preset huge", 2},
       {"bench --preset mid --model x", 2},
       {"bench --preset mid --what nothing", 2},
-      {"forward --model " + test::fixture_dir("b4").string() + " --cases /nonexistent.json --out " + tmp.string(), 1},
+      {"forward --model " + test::fixture_dir("b4").string() + " --cases /nonexistent.json --out " +
+           tmp.string(),
+       1},
       {"frobnicate", 2},
   };
   for (const auto& c : cases) {

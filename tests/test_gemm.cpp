@@ -17,8 +17,10 @@ TEST_CASE("linear_small_m equals its scalar twin", "[kernels]") {
         for (auto* v : {&x, &W, &b})
           for (auto& e : *v) e = dist(rng);
         for (bool bias : {false, true}) {
-          bd3::kernels::simd::linear_small_m(x.data(), M, K, W.data(), bias ? b.data() : nullptr, N, y.data());
-          bd3::kernels::scalar::linear_small_m(x.data(), M, K, W.data(), bias ? b.data() : nullptr, N, ref.data());
+          bd3::kernels::simd::linear_small_m(x.data(), M, K, W.data(), bias ? b.data() : nullptr, N,
+                                             y.data());
+          bd3::kernels::scalar::linear_small_m(x.data(), M, K, W.data(), bias ? b.data() : nullptr,
+                                               N, ref.data());
           for (int i = 0; i < M * N; ++i) {
             INFO("M " << M << " K " << K << " N " << N << " bias " << bias);
             REQUIRE(std::abs(y[i] - ref[i]) <= 1e-5f * (1.0f + std::sqrt(float(K))));

@@ -33,7 +33,8 @@ void check_fixture(const std::string& name) {
   auto t_block = tr["t_per_block"].get<std::vector<double>>();
   std::vector<double> weight(L), per_token(L);
   for (int l = 0; l < L; ++l) weight[l] = noise::LogLinear::w(t_block[l / Bp]);
-  auto terms = subs_nelbo<float>(act.logits, xt, x0, weight, L, V, cfg.mask_index, per_token.data());
+  auto terms =
+      subs_nelbo<float>(act.logits, xt, x0, weight, L, V, cfg.mask_index, per_token.data());
   auto ref_loss = tr["per_token_loss"].get<std::vector<double>>();
   for (int l = 0; l < L; ++l) CHECK(per_token[l] == Approx(ref_loss[l]).epsilon(1e-4).margin(1e-4));
   CHECK(terms.loss_sum / terms.tokens == Approx(tr["nelbo_mean"].get<double>()).epsilon(1e-5));
@@ -75,7 +76,8 @@ TEST_CASE("parity with the official code: block size = length (MDLM)", "[parity]
 
 TEST_CASE("KV-cached decode equals the full forward under the banded mask", "[parity][kv]") {
   for (std::string name : {"b4", "b1", "b16_full"}) {
-    using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
+    using Model =
+        BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
     INFO("fixture " << name);
     auto model = test::load_fixture_model<Model>(name);
     const auto& cfg = model.config();
@@ -86,7 +88,8 @@ TEST_CASE("KV-cached decode equals the full forward under the banded mask", "[pa
     std::vector<double> cached, full;
     int step = 0;
     for (const auto& s : cases["kv_cache"]["steps"]) {
-      INFO("step " << step << " (position " << sequence.size() << ", window " << cfg.model_length << ")");
+      INFO("step " << step << " (position " << sequence.size() << ", window " << cfg.model_length
+                   << ")");
       auto noisy = ids(s["noisy_block"]);
       model.forward_block(noisy, cache, cached);
       auto seq = sequence;
@@ -107,7 +110,8 @@ TEST_CASE("KV-cached decode equals the full forward under the banded mask", "[pa
 
 TEST_CASE("fused commit equals commit then decode", "[kv][fused]") {
   for (std::string name : {"b4", "b1", "b16_full"}) {
-    using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
+    using Model =
+        BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
     INFO("fixture " << name);
     auto model = test::load_fixture_model<Model>(name);
     auto cases = fixture_cases(name);
@@ -117,8 +121,10 @@ TEST_CASE("fused commit equals commit then decode", "[kv][fused]") {
     for (const auto& s : cases["kv_cache"]["steps"]) {
       auto noisy = ids(s["noisy_block"]);
       model.forward_block(noisy, separate, a);
-      if (previous_clean.empty()) model.forward_block(noisy, fused, b);
-      else model.forward_block_fused(previous_clean, noisy, fused, b);
+      if (previous_clean.empty())
+        model.forward_block(noisy, fused, b);
+      else
+        model.forward_block_fused(previous_clean, noisy, fused, b);
       REQUIRE(a.size() == b.size());
       double diff = 0;
       for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::abs(a[i] - b[i]));

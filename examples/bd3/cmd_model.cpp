@@ -25,8 +25,8 @@ std::vector<int32_t> json_ids(const nlohmann::json& j, const char* what, int voc
     if (!v.is_number_integer()) fail(std::string("cases.json: ") + what + " holds a non-integer");
     int64_t id = v.get<int64_t>();
     if (id < 0 || id >= vocab)
-      fail(std::string("cases.json: ") + what + " holds id " + std::to_string(id) + ", outside [0, " +
-           std::to_string(vocab) + ")");
+      fail(std::string("cases.json: ") + what + " holds id " + std::to_string(id) +
+           ", outside [0, " + std::to_string(vocab) + ")");
     out.push_back(int32_t(id));
   }
   return out;
@@ -34,13 +34,15 @@ std::vector<int32_t> json_ids(const nlohmann::json& j, const char* what, int voc
 
 // ---- bd3 forward ------------------------------------------------------------------
 // The gradient of nelbo_mean for every parameter, under the parameter's own name.
-void write_gradients(const CliModel& model, const std::vector<int32_t>& xt, const std::vector<int32_t>& x0,
-                     const std::vector<double>& weight, const std::string& out, nlohmann::json& result) {
+void write_gradients(const CliModel& model, const std::vector<int32_t>& xt,
+                     const std::vector<int32_t>& x0, const std::vector<double>& weight,
+                     const std::string& out, nlohmann::json& result) {
   std::vector<float> grads(size_t(model.layout().total()), 0.0f);
   const double loss = loss_and_gradient(model, xt, x0, 1, weight, std::span<float>(grads));
   std::vector<io::TensorToWrite> tensors;
   for (const auto& e : model.layout().entries())
-    tensors.push_back({e.name, e.shape, std::span<const float>(grads).subspan(size_t(e.offset), size_t(e.size))});
+    tensors.push_back(
+        {e.name, e.shape, std::span<const float>(grads).subspan(size_t(e.offset), size_t(e.size))});
   io::write_safetensors(std::filesystem::path(out) / "grads.safetensors", tensors,
                         {{"loss", "nelbo_mean"}, {"value", fmt::format("{:.17g}", loss)}});
   result["grads_file"] = "grads.safetensors";
@@ -68,7 +70,8 @@ int run_forward(const ForwardOptions& o) {
     auto xt = json_ids(tr.value("xt", nlohmann::json()), "train.xt", V);
     auto x0 = json_ids(tr.value("x0", nlohmann::json()), "train.x0", V);
     if (int(xt.size()) != L || int(x0.size()) != L)
-      fail("cases.json: train.xt and train.x0 must hold model_length = " + std::to_string(L) + " ids");
+      fail("cases.json: train.xt and train.x0 must hold model_length = " + std::to_string(L) +
+           " ids");
     auto t_json = tr.value("t_per_block", nlohmann::json());
     if (!t_json.is_array() || int(t_json.size()) != L / Bp)
       fail("cases.json: train.t_per_block must hold " + std::to_string(L / Bp) + " numbers");
@@ -102,7 +105,8 @@ int run_forward(const ForwardOptions& o) {
         fail("cases.json: kv_cache blocks must hold block_size = " + std::to_string(Bp) + " ids");
       model.forward_block(noisy, cache, logits);
       const int64_t shape[2] = {Bp, V};
-      io::write_npy(std::filesystem::path(o.out) / fmt::format("cache_logits_{}.npy", i), shape, logits);
+      io::write_npy(std::filesystem::path(o.out) / fmt::format("cache_logits_{}.npy", i), shape,
+                    logits);
       model.commit_block(clean, cache);
       ++i;
     }
@@ -147,7 +151,9 @@ struct BenchOptions {
 };
 
 // Multiply-adds of the linear layers per row, and allowed (query, key) pairs of the masks.
-double linear_flops_per_row(const ModelConfig& c) { return 24.0 * double(c.hidden_dim) * c.hidden_dim; }
+double linear_flops_per_row(const ModelConfig& c) {
+  return 24.0 * double(c.hidden_dim) * c.hidden_dim;
+}
 
 double training_mask_pairs(const ModelConfig& c) {
   const TrainingMask mask{c.model_length, c.block_size};
@@ -162,7 +168,8 @@ double training_mask_pairs(const ModelConfig& c) {
 
 int run_bench(const BenchOptions& o) {
   set_threads(o.threads);
-  if (o.model.empty() == o.preset.empty()) fail_usage("bench: give exactly one of --model and --preset");
+  if (o.model.empty() == o.preset.empty())
+    fail_usage("bench: give exactly one of --model and --preset");
   if (o.batch < 1) fail_usage("--batch must be >= 1");
   CliModel model = o.model.empty() ? CliModel(preset_config(o.preset)) : load_model(o.model);
   if (!o.preset.empty()) randomize(model, 1234);
@@ -170,8 +177,11 @@ int run_bench(const BenchOptions& o) {
   const int L = c.model_length, Bp = c.block_size, D = c.hidden_dim, V = c.vocab_size;
   std::mt19937_64 rng(7);
   std::uniform_int_distribution<int32_t> tok(0, V - 2);
-  nlohmann::json out{{"what", o.what}, {"threads", omp_get_max_threads()}, {"batch", o.batch},
-                     {"preset", o.preset}, {"model", o.model}};
+  nlohmann::json out{{"what", o.what},
+                     {"threads", omp_get_max_threads()},
+                     {"batch", o.batch},
+                     {"preset", o.preset},
+                     {"model", o.model}};
   auto time_loop = [&](auto&& body) {
     body();  // warm-up
     int iters = 0;
@@ -192,9 +202,10 @@ int run_bench(const BenchOptions& o) {
     }
     TrainActivations<float> act;
     auto [iters, secs] = time_loop([&] { model.forward_train(xt, x0, o.batch, act); });
-    const double flops = o.batch * (c.n_blocks * (linear_flops_per_row(c) * 2 * L +
-                                                   4.0 * training_mask_pairs(c) * D) +
-                                    2.0 * L * D * V);
+    const double flops =
+        o.batch *
+        (c.n_blocks * (linear_flops_per_row(c) * 2 * L + 4.0 * training_mask_pairs(c) * D) +
+         2.0 * L * D * V);
     out["seconds"] = secs / iters;
     out["tokens_per_s"] = o.batch * L * iters / secs;
     out["gflops"] = flops * iters / secs / 1e9;
@@ -211,7 +222,8 @@ int run_bench(const BenchOptions& o) {
     std::vector<float> logits;
     auto [iters, secs] = time_loop([&] { model.forward_block(block, cache, logits); });
     const double rows = double(o.batch) * Bp;
-    const double flops = rows * (c.n_blocks * (linear_flops_per_row(c) + 4.0 * L * D) + 2.0 * D * V);
+    const double flops =
+        rows * (c.n_blocks * (linear_flops_per_row(c) + 4.0 * L * D) + 2.0 * D * V);
     const double weight_bytes = 4.0 * (double(c.n_blocks) * 12.0 * D * D + double(V) * D);
     const double cache_bytes = 4.0 * 2.0 * double(c.n_blocks) * L * D * o.batch;
     out["seconds"] = secs / iters;
@@ -232,12 +244,14 @@ int run_bench(const BenchOptions& o) {
     TrainScratch<float> scratch;
     auto [iters, secs] = time_loop([&] {
       std::fill(grads.begin(), grads.end(), 0.0f);
-      loss_and_gradient(model, xt, x0, o.batch, weight, std::span<float>(grads), Dropout{}, &scratch);
+      loss_and_gradient(model, xt, x0, o.batch, weight, std::span<float>(grads), Dropout{},
+                        &scratch);
     });
     // Model FLOPs: backward = 2 x forward, the usual convention for MFU.
-    const double forward_flops = o.batch * (c.n_blocks * (linear_flops_per_row(c) * 2 * L +
-                                                           4.0 * training_mask_pairs(c) * D) +
-                                            2.0 * L * D * V);
+    const double forward_flops =
+        o.batch *
+        (c.n_blocks * (linear_flops_per_row(c) * 2 * L + 4.0 * training_mask_pairs(c) * D) +
+         2.0 * L * D * V);
     out["seconds"] = secs / iters;
     out["tokens_per_s"] = o.batch * L * iters / secs;
     out["gflops"] = 3.0 * forward_flops * iters / secs / 1e9;
@@ -251,8 +265,10 @@ int run_bench(const BenchOptions& o) {
 
 Registrar forward_cmd([](CLI::App& app) -> Runner {
   auto o = std::make_shared<ForwardOptions>();
-  auto* sub = app.add_subcommand("forward", "Run a checkpoint on the fixture cases format; write .npy logits");
-  sub->add_option("--model", o->model, "checkpoint directory (config.json + model.safetensors)")->required();
+  auto* sub = app.add_subcommand("forward",
+                                 "Run a checkpoint on the fixture cases format; write .npy logits");
+  sub->add_option("--model", o->model, "checkpoint directory (config.json + model.safetensors)")
+      ->required();
   sub->add_option("--cases", o->cases, "cases.json")->required();
   sub->add_option("--out", o->out, "output directory")->required();
   sub->add_flag("--grad", o->grad, "also write grads.safetensors (gradient of nelbo_mean)");
@@ -269,7 +285,8 @@ Registrar inspect_cmd([](CLI::App& app) -> Runner {
 
 Registrar bench_cmd([](CLI::App& app) -> Runner {
   auto o = std::make_shared<BenchOptions>();
-  auto* sub = app.add_subcommand("bench", "Measure forward, decode or training throughput; one JSON line");
+  auto* sub =
+      app.add_subcommand("bench", "Measure forward, decode or training throughput; one JSON line");
   sub->add_option("--model", o->model, "checkpoint directory");
   sub->add_option("--preset", o->preset, "random-weight model: small or mid")
       ->check(CLI::IsMember({"small", "mid"}));

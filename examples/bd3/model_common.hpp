@@ -27,7 +27,8 @@ inline void set_threads(int threads) {
 inline ModelConfig preset_config(const std::string& name) {
   ModelConfig c;
   if (name == "small") {
-    c.hidden_dim = 768, c.n_blocks = 12, c.n_heads = 12, c.vocab_size = 50258, c.model_length = 1024;
+    c.hidden_dim = 768, c.n_blocks = 12, c.n_heads = 12, c.vocab_size = 50258,
+    c.model_length = 1024;
     c.block_size = 4, c.cond_dim = 128;
   } else if (name == "mid") {
     c.hidden_dim = 256, c.n_blocks = 4, c.n_heads = 4, c.vocab_size = 4096, c.model_length = 256;
@@ -46,14 +47,17 @@ inline void randomize(CliModel& model, uint64_t seed) {
   std::mt19937_64 rng(seed);
   for (const auto& e : model.layout().entries()) {
     const double fan_in = e.shape.size() == 2 ? double(e.shape[1]) : 1.0;
-    std::uniform_real_distribution<float> dist(-float(1.0 / std::sqrt(fan_in)), float(1.0 / std::sqrt(fan_in)));
+    std::uniform_real_distribution<float> dist(-float(1.0 / std::sqrt(fan_in)),
+                                               float(1.0 / std::sqrt(fan_in)));
     for (int64_t i = 0; i < e.size; ++i) model.parameters()[size_t(e.offset + i)] = dist(rng);
   }
   model.parameters_changed();
 }
 
 // A model directory, or a training output directory (its checkpoint.json names the model).
-inline std::filesystem::path model_dir(const std::string& dir) { return train::resolve_checkpoint_dir(dir); }
+inline std::filesystem::path model_dir(const std::string& dir) {
+  return train::resolve_checkpoint_dir(dir);
+}
 
 inline CliModel load_model(const std::string& dir) {
   auto ck = load_checkpoint(model_dir(dir));

@@ -15,9 +15,9 @@ namespace bd3 {
 inline constexpr double subs_neg_infinity = -1e6;
 
 struct NelboTerms {
-  double loss_sum = 0;      // sum of per-token losses over the counted positions
-  int64_t tokens = 0;       // counted positions (1..L-1 of every sequence)
-  int64_t masked = 0;       // masked positions among them
+  double loss_sum = 0;  // sum of per-token losses over the counted positions
+  int64_t tokens = 0;   // counted positions (1..L-1 of every sequence)
+  int64_t masked = 0;   // masked positions among them
 };
 
 // logits: [batch*L, V] raw logits of the xt half. weight: [batch*L] the loss weight of
@@ -25,9 +25,10 @@ struct NelboTerms {
 // sequence (BOS) is never counted. per_token (optional, [batch*L]) receives each loss.
 // dlogits (optional, [batch*L, V]) receives d(loss_sum * grad_scale)/d(logits).
 template <class T>
-NelboTerms subs_nelbo(std::span<const T> logits, std::span<const int32_t> xt, std::span<const int32_t> x0,
-                      std::span<const double> weight, int length, int vocab, int mask_index,
-                      double* per_token = nullptr, T* dlogits = nullptr, double grad_scale = 1.0) {
+NelboTerms subs_nelbo(std::span<const T> logits, std::span<const int32_t> xt,
+                      std::span<const int32_t> x0, std::span<const double> weight, int length,
+                      int vocab, int mask_index, double* per_token = nullptr, T* dlogits = nullptr,
+                      double grad_scale = 1.0) {
   const int64_t rows = int64_t(xt.size());
   if (rows % length != 0 || x0.size() != xt.size() || weight.size() != xt.size() ||
       logits.size() != size_t(rows) * vocab)

@@ -17,7 +17,9 @@
 namespace bd3::io {
 
 namespace detail {
-inline std::string errno_text() { return std::strerror(errno); }
+inline std::string errno_text() {
+  return std::strerror(errno);
+}
 
 inline void write_all(int fd, const char* data, size_t size, const std::string& what) {
   while (size > 0) {
@@ -49,7 +51,8 @@ void write_file_atomic_chunks(const std::filesystem::path& path, const Chunks& c
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail_io("cannot create " + tmp.string() + ": " + detail::errno_text());
   try {
-    for (std::string_view chunk : chunks) detail::write_all(fd, chunk.data(), chunk.size(), path.string());
+    for (std::string_view chunk : chunks)
+      detail::write_all(fd, chunk.data(), chunk.size(), path.string());
     if (::fsync(fd) != 0) fail_io("cannot fsync " + path.string() + ": " + detail::errno_text());
   } catch (...) {
     ::close(fd);

@@ -37,7 +37,8 @@ void dot_rows(const float* x, int64_t K, const float* w, float* out) {
   int64_t k = 0;
   for (; k + lanes <= K; k += lanes) {
     const batch wv = batch::load_unaligned(w + k);
-    for (int r = 0; r < R; ++r) acc[r] = xsimd::fma(batch::load_unaligned(x + r * K + k), wv, acc[r]);
+    for (int r = 0; r < R; ++r)
+      acc[r] = xsimd::fma(batch::load_unaligned(x + r * K + k), wv, acc[r]);
   }
   for (int r = 0; r < R; ++r) {
     float s = xsimd::hadd(acc[r]);
@@ -59,21 +60,37 @@ void linear_rows(const float* x, int64_t K, const float* W, const float* b, int6
 }
 }  // namespace detail
 
-inline void linear_small_m(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N,
-                           float* y) {
+inline void linear_small_m(const float* x, int64_t M, int64_t K, const float* W, const float* b,
+                           int64_t N, float* y) {
   for (int64_t r0 = 0; r0 < M; r0 += small_m_max_rows) {
     const int64_t rows = std::min<int64_t>(small_m_max_rows, M - r0);
     const float* xr = x + r0 * K;
     float* yr = y + r0 * N;
     switch (rows) {
-      case 1: detail::linear_rows<1>(xr, K, W, b, N, yr, N); break;
-      case 2: detail::linear_rows<2>(xr, K, W, b, N, yr, N); break;
-      case 3: detail::linear_rows<3>(xr, K, W, b, N, yr, N); break;
-      case 4: detail::linear_rows<4>(xr, K, W, b, N, yr, N); break;
-      case 5: detail::linear_rows<5>(xr, K, W, b, N, yr, N); break;
-      case 6: detail::linear_rows<6>(xr, K, W, b, N, yr, N); break;
-      case 7: detail::linear_rows<7>(xr, K, W, b, N, yr, N); break;
-      default: detail::linear_rows<8>(xr, K, W, b, N, yr, N); break;
+      case 1:
+        detail::linear_rows<1>(xr, K, W, b, N, yr, N);
+        break;
+      case 2:
+        detail::linear_rows<2>(xr, K, W, b, N, yr, N);
+        break;
+      case 3:
+        detail::linear_rows<3>(xr, K, W, b, N, yr, N);
+        break;
+      case 4:
+        detail::linear_rows<4>(xr, K, W, b, N, yr, N);
+        break;
+      case 5:
+        detail::linear_rows<5>(xr, K, W, b, N, yr, N);
+        break;
+      case 6:
+        detail::linear_rows<6>(xr, K, W, b, N, yr, N);
+        break;
+      case 7:
+        detail::linear_rows<7>(xr, K, W, b, N, yr, N);
+        break;
+      default:
+        detail::linear_rows<8>(xr, K, W, b, N, yr, N);
+        break;
     }
   }
 }

@@ -39,7 +39,8 @@ T gelu_tanh_grad(T x) {
   const T k = T(0.7978845608028654);
   T inner = k * (x + T(0.044715) * x * x * x);
   T th = std::tanh(inner);
-  return T(0.5) * (T(1) + th) + T(0.5) * x * (T(1) - th * th) * k * (T(1) + T(3 * 0.044715) * x * x);
+  return T(0.5) * (T(1) + th) +
+         T(0.5) * x * (T(1) - th * th) * k * (T(1) + T(3 * 0.044715) * x * x);
 }
 template <class T>
 void gelu_tanh(const T* x, T* y, std::ptrdiff_t n) {

@@ -26,9 +26,9 @@ struct TrainingMask {
   bool allowed(int q, int k) const {
     const bool qx0 = q >= length, kx0 = k >= length;
     const int bq = (q % length) / block_size, bk = (k % length) / block_size;
-    if (bq == bk && qx0 == kx0) return true;        // block-diagonal
-    if (!qx0 && kx0 && bk < bq) return true;         // offset block-causal
-    return qx0 && kx0 && bk <= bq;                   // block-causal
+    if (bq == bk && qx0 == kx0) return true;  // block-diagonal
+    if (!qx0 && kx0 && bk < bq) return true;  // offset block-causal
+    return qx0 && kx0 && bk <= bq;            // block-causal
   }
   // Query tiles never straddle the two halves.
   int half_boundary() const { return length; }
@@ -138,19 +138,25 @@ void attention_dense(const AttentionArgs<T>& a, const Mask& mask) {
             continue;
           }
           const T* kj = a.k + j * a.ldk + h * Dh;
-          s[j] = (UseSimd ? kernels::dot<T>(qi, kj, Dh) : kernels::scalar::dot<T>(qi, kj, Dh)) * scale;
+          s[j] =
+              (UseSimd ? kernels::dot<T>(qi, kj, Dh) : kernels::scalar::dot<T>(qi, kj, Dh)) * scale;
         }
-        if (a.lse) a.lse[h * a.nq + i] = UseSimd ? kernels::logsumexp<T>(s.data(), a.nk)
-                                                  : kernels::scalar::logsumexp<T>(s.data(), a.nk);
-        if (UseSimd) kernels::softmax<T>(s.data(), a.nk);
-        else kernels::scalar::softmax<T>(s.data(), a.nk);
+        if (a.lse)
+          a.lse[h * a.nq + i] = UseSimd ? kernels::logsumexp<T>(s.data(), a.nk)
+                                        : kernels::scalar::logsumexp<T>(s.data(), a.nk);
+        if (UseSimd)
+          kernels::softmax<T>(s.data(), a.nk);
+        else
+          kernels::scalar::softmax<T>(s.data(), a.nk);
         T* oi = a.out + i * a.ldo + h * Dh;
         std::fill(oi, oi + Dh, T(0));
         for (int j = 0; j < a.nk; ++j) {
           if (s[j] == T(0)) continue;
           const T* vj = a.v + j * a.ldv + h * Dh;
-          if (UseSimd) kernels::axpy<T>(s[j], vj, oi, Dh);
-          else kernels::scalar::axpy<T>(s[j], vj, oi, Dh);
+          if (UseSimd)
+            kernels::axpy<T>(s[j], vj, oi, Dh);
+          else
+            kernels::scalar::axpy<T>(s[j], vj, oi, Dh);
         }
       }
     }
@@ -204,7 +210,8 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
                           Eigen::OuterStride<>(a.ldv));
           O.noalias() += S.middleCols(col, ranges[r].size()) * V;
         }
-        StridedMapMut<T>(a.out + int64_t(q0) * a.ldo + h * Dh, tq, Dh, Eigen::OuterStride<>(a.ldo)) = O;
+        StridedMapMut<T>(a.out + int64_t(q0) * a.ldo + h * Dh, tq, Dh,
+                         Eigen::OuterStride<>(a.ldo)) = O;
       }
     }
   }

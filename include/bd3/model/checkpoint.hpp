@@ -17,11 +17,13 @@
 
 namespace bd3 {
 
-inline nlohmann::json read_json_file(const std::filesystem::path& path, uintmax_t max_bytes = 64u << 20) {
+inline nlohmann::json read_json_file(const std::filesystem::path& path,
+                                     uintmax_t max_bytes = 64u << 20) {
   std::error_code ec;
   auto size = std::filesystem::file_size(path, ec);
   if (ec) fail("cannot read " + path.string() + ": " + ec.message());
-  if (size > max_bytes) fail(path.string() + " is " + std::to_string(size) + " bytes: too large for a JSON file");
+  if (size > max_bytes)
+    fail(path.string() + " is " + std::to_string(size) + " bytes: too large for a JSON file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("cannot open " + path.string());
   std::string text(size, '\0');
@@ -45,9 +47,10 @@ inline ModelConfig load_config(const std::filesystem::path& dir) {
 // Loads every parameter of `layout` from an open safetensors file into `out` (the flat
 // buffer), checking each tensor's presence and shape first.
 template <class T>
-void load_parameters(const io::SafetensorsFile& file, const ParameterLayout& layout, std::span<T> out,
-                     const std::string& source) {
-  if (out.size() != size_t(layout.total())) fail("load_parameters: buffer size does not match the layout");
+void load_parameters(const io::SafetensorsFile& file, const ParameterLayout& layout,
+                     std::span<T> out, const std::string& source) {
+  if (out.size() != size_t(layout.total()))
+    fail("load_parameters: buffer size does not match the layout");
   std::vector<float> tmp;
   for (const auto& e : layout.entries()) {
     const auto* info = file.find(e.name);
@@ -56,7 +59,8 @@ void load_parameters(const io::SafetensorsFile& file, const ParameterLayout& lay
       for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
       return t + "]";
     };
-    if (!info) fail(source + ": missing tensor " + e.name + " (expected shape " + shape_text(e.shape) + ")");
+    if (!info)
+      fail(source + ": missing tensor " + e.name + " (expected shape " + shape_text(e.shape) + ")");
     if (info->shape != e.shape)
       fail(source + ": tensor " + e.name + " has shape " + shape_text(info->shape) + ", expected " +
            shape_text(e.shape));
@@ -79,7 +83,8 @@ struct LoadedCheckpoint {
 };
 
 inline LoadedCheckpoint load_checkpoint(const std::filesystem::path& dir) {
-  if (!std::filesystem::is_directory(dir)) fail("model directory " + dir.string() + " does not exist");
+  if (!std::filesystem::is_directory(dir))
+    fail("model directory " + dir.string() + " does not exist");
   LoadedCheckpoint ck;
   ck.config = load_config(dir);
   const ParameterLayout layout(ck.config);
@@ -106,13 +111,15 @@ inline void save_checkpoint(const std::filesystem::path& dir, const ModelConfig&
   std::filesystem::create_directories(dir, ec);
   if (ec) fail_io("cannot create " + dir.string() + ": " + ec.message());
   const ParameterLayout layout(config);
-  if (parameters.size() != size_t(layout.total())) fail("save_checkpoint: parameter count does not match the config");
+  if (parameters.size() != size_t(layout.total()))
+    fail("save_checkpoint: parameter count does not match the config");
   std::vector<io::TensorToWrite> tensors;
   for (const auto& e : layout.entries())
     tensors.push_back({e.name, e.shape, parameters.subspan(size_t(e.offset), size_t(e.size))});
   const int half = config.head_dim() / 2;
   std::vector<float> inv_freq(half);
-  for (int j = 0; j < half; ++j) inv_freq[j] = 1.0f / std::pow(10000.0f, float(2 * j) / float(config.head_dim()));
+  for (int j = 0; j < half; ++j)
+    inv_freq[j] = 1.0f / std::pow(10000.0f, float(2 * j) / float(config.head_dim()));
   tensors.push_back({"backbone.rotary_emb.inv_freq", {half}, inv_freq});
   io::write_safetensors(dir / "model.safetensors", tensors, metadata);
   io::write_file_atomic(dir / "config.json", config.to_json().dump(2) + "\n");

@@ -11,13 +11,13 @@
 namespace bd3 {
 
 struct ModelConfig {
-  int block_size = 4;        // B'
-  int vocab_size = 0;        // V, MASK included
-  int model_length = 0;      // L, the training context (and the sampling window)
-  int hidden_dim = 0;        // D
-  int cond_dim = 128;        // C
-  int n_blocks = 0;          // transformer layers
-  int n_heads = 0;           // H
+  int block_size = 4;    // B'
+  int vocab_size = 0;    // V, MASK included
+  int model_length = 0;  // L, the training context (and the sampling window)
+  int hidden_dim = 0;    // D
+  int cond_dim = 128;    // C
+  int n_blocks = 0;      // transformer layers
+  int n_heads = 0;       // H
   bool adaln = true;
   bool time_conditioning = false;
   bool cross_attn = true;
@@ -26,7 +26,7 @@ struct ModelConfig {
   bool var_min = true;
   double sampling_eps_min = 1e-3;  // the clipped noise interval [beta, omega]
   double sampling_eps_max = 1.0;
-  int mask_index = -1;             // defaults to vocab_size - 1
+  int mask_index = -1;  // defaults to vocab_size - 1
 
   // Hard limits against hostile files: far above any real model, far below overflow.
   static constexpr int64_t max_dim = 1 << 16;
@@ -60,12 +60,17 @@ struct ModelConfig {
     if (model_length % block_size != 0)
       fail("config: block_size " + std::to_string(block_size) + " does not divide model_length " +
            std::to_string(model_length));
-    if (!cross_attn) fail("config: cross_attn = false is not a BD3-LM (the [xt, x0] pass needs it)");
-    if (causal) fail("config: causal = true is not supported (BD3-LMs use the block-diffusion mask)");
+    if (!cross_attn)
+      fail("config: cross_attn = false is not a BD3-LM (the [xt, x0] pass needs it)");
+    if (causal)
+      fail("config: causal = true is not supported (BD3-LMs use the block-diffusion mask)");
     if (time_conditioning)
-      fail("config: time_conditioning = true is not supported (the official BD3-LMs train without it)");
+      fail(
+          "config: time_conditioning = true is not supported (the official BD3-LMs train without "
+          "it)");
     if (!(dropout >= 0.0 && dropout < 1.0)) fail("config: dropout must be in [0, 1)");
-    if (!(sampling_eps_min > 0.0 && sampling_eps_min <= sampling_eps_max && sampling_eps_max <= 1.0))
+    if (!(sampling_eps_min > 0.0 && sampling_eps_min <= sampling_eps_max &&
+          sampling_eps_max <= 1.0))
       fail("config: need 0 < sampling_eps_min <= sampling_eps_max <= 1");
   }
 
@@ -78,16 +83,19 @@ struct ModelConfig {
         if (required) fail(std::string("config.json: missing \"") + key + "\"");
         return;
       }
-      if (!it->is_number_integer()) fail(std::string("config.json: \"") + key + "\" must be an integer");
+      if (!it->is_number_integer())
+        fail(std::string("config.json: \"") + key + "\" must be an integer");
       int64_t v = it->get<int64_t>();
       if (v < -1 || v > (int64_t(1) << 30))
-        fail(std::string("config.json: \"") + key + "\" = " + std::to_string(v) + " is out of range");
+        fail(std::string("config.json: \"") + key + "\" = " + std::to_string(v) +
+             " is out of range");
       out = static_cast<int>(v);
     };
     auto get_bool = [&](const char* key, bool& out) {
       auto it = j.find(key);
       if (it == j.end()) return;
-      if (!it->is_boolean()) fail(std::string("config.json: \"") + key + "\" must be true or false");
+      if (!it->is_boolean())
+        fail(std::string("config.json: \"") + key + "\" must be true or false");
       out = it->get<bool>();
     };
     auto get_double = [&](const char* key, double& out) {

@@ -34,7 +34,7 @@ class KVCache {
   }
 
   int batch() const { return batch_; }
-  int length() const { return length_; }          // committed tokens held
+  int length() const { return length_; }  // committed tokens held
   int window() const { return window_; }
   int block_size() const { return block_size_; }
   int64_t next_position() const { return next_position_; }  // position of the next block's row 0

@@ -15,8 +15,8 @@
 #include <bd3/policies/block_size.hpp>
 #include <bd3/policies/noise.hpp>
 
-#include <Eigen/Dense>
 #include <omp.h>
+#include <Eigen/Dense>
 
 #include <cmath>
 #include <cstdint>
@@ -32,7 +32,7 @@ namespace bd3 {
 // `layer` is a counter-based hash of (seed, layer, branch, row, column): deterministic
 // for a seed whatever the number of threads.
 struct Dropout {
-  double p = 0.0;      // drop probability in [0, 1)
+  double p = 0.0;  // drop probability in [0, 1)
   uint64_t seed = 0;
   bool active() const { return p > 0.0; }
 };
@@ -45,8 +45,10 @@ inline uint64_t splitmix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 // keep[r * D + c] = 1 with probability 1 - p for rows [0, N) of one branch.
-inline void dropout_keep_mask(const Dropout& d, int layer, int branch, int64_t N, int D, uint8_t* keep) {
-  const uint64_t stream = splitmix64(d.seed ^ splitmix64(uint64_t(layer) * 2 + uint64_t(branch) + 1));
+inline void dropout_keep_mask(const Dropout& d, int layer, int branch, int64_t N, int D,
+                              uint8_t* keep) {
+  const uint64_t stream =
+      splitmix64(d.seed ^ splitmix64(uint64_t(layer) * 2 + uint64_t(branch) + 1));
   const uint64_t threshold = uint64_t(d.p * 4294967296.0);  // keep iff 32-bit uniform >= p 2^32
 #pragma omp parallel for schedule(static) if (N * D > 32768)
   for (int64_t r = 0; r < N; ++r)
@@ -58,21 +60,21 @@ inline void dropout_keep_mask(const Dropout& d, int layer, int branch, int64_t N
 // Activations of one transformer layer kept for the backward pass. N = rows.
 template <class T>
 struct LayerActivations {
-  std::vector<T> x_in;                 // [N, D] residual stream entering the layer
-  std::vector<T> ln1_mean, ln1_rstd;   // [N]
-  std::vector<T> h1;                   // [N, D] LN1 output after adaLN modulation
-  std::vector<T> qkv;                  // [N, 3D] q and k after rotary, v
-  std::vector<T> lse;                  // [batch, H, rows per sequence] attention log-sum-exp
-  std::vector<T> att;                  // [N, D] attention output (heads concatenated)
-  std::vector<T> attn_proj;            // [N, D] att W_out^T (before the gate)
-  std::vector<T> x_mid;                // [N, D] residual after attention
-  std::vector<T> ln2_mean, ln2_rstd;   // [N]
-  std::vector<T> h2;                   // [N, D] LN2 output after modulation
-  std::vector<T> mlp_pre;              // [N, 4D] before GELU
-  std::vector<T> mlp_act;              // [N, 4D] after GELU
-  std::vector<T> mlp_out;              // [N, D] (before the gate)
-  std::vector<uint8_t> keep_attn;      // [N, D] dropout keep masks (1 = kept) of attn_proj
-  std::vector<uint8_t> keep_mlp;       //   and mlp_out; empty without dropout
+  std::vector<T> x_in;                // [N, D] residual stream entering the layer
+  std::vector<T> ln1_mean, ln1_rstd;  // [N]
+  std::vector<T> h1;                  // [N, D] LN1 output after adaLN modulation
+  std::vector<T> qkv;                 // [N, 3D] q and k after rotary, v
+  std::vector<T> lse;                 // [batch, H, rows per sequence] attention log-sum-exp
+  std::vector<T> att;                 // [N, D] attention output (heads concatenated)
+  std::vector<T> attn_proj;           // [N, D] att W_out^T (before the gate)
+  std::vector<T> x_mid;               // [N, D] residual after attention
+  std::vector<T> ln2_mean, ln2_rstd;  // [N]
+  std::vector<T> h2;                  // [N, D] LN2 output after modulation
+  std::vector<T> mlp_pre;             // [N, 4D] before GELU
+  std::vector<T> mlp_act;             // [N, 4D] after GELU
+  std::vector<T> mlp_out;             // [N, D] (before the gate)
+  std::vector<uint8_t> keep_attn;     // [N, D] dropout keep masks (1 = kept) of attn_proj
+  std::vector<uint8_t> keep_mlp;      //   and mlp_out; empty without dropout
 };
 
 // Everything the training forward produces: logits of the xt half and, when asked, the
@@ -80,30 +82,32 @@ struct LayerActivations {
 template <class T>
 struct TrainActivations {
   int batch = 0;
-  int rows_per_sequence = 0;               // 2L
-  std::vector<LayerActivations<T>> layers; // one per layer, or one reused (inference)
-  std::vector<T> x_out;                    // [N, D] residual stream after the last layer
-  std::vector<T> lnf_mean, lnf_rstd;       // [batch*L] final norm of the xt rows
-  std::vector<T> hf;                       // [batch*L, D] final modulated norm
-  std::vector<T> logits;                   // [batch*L, V]
-  Dropout dropout;                         // the dropout of this forward (p = 0: none);
-                                           // kept branch outputs are scaled by 1/(1-p)
+  int rows_per_sequence = 0;                // 2L
+  std::vector<LayerActivations<T>> layers;  // one per layer, or one reused (inference)
+  std::vector<T> x_out;                     // [N, D] residual stream after the last layer
+  std::vector<T> lnf_mean, lnf_rstd;        // [batch*L] final norm of the xt rows
+  std::vector<T> hf;                        // [batch*L, D] final modulated norm
+  std::vector<T> logits;                    // [batch*L, V]
+  Dropout dropout;                          // the dropout of this forward (p = 0: none);
+                                            // kept branch outputs are scaled by 1/(1-p)
 };
 
 // The adaLN modulation vectors, constant per model when time conditioning is off.
 template <class T>
 struct Modulation {
   std::vector<T> shift1, scale1, gate1, shift2, scale2, gate2;  // [D] each
-  std::vector<T> a1, a2;  // norm weight * (1 + scale)
+  std::vector<T> a1, a2;                                        // norm weight * (1 + scale)
 };
 
 template <BlockSizePolicy Block = BlockSize<dynamic>, NoiseSchedule Noise = noise::LogLinear,
           AttentionBackend Attention = BlockSparseAttention, class Scalar = float>
 class BlockDiffusionModel {
-  static_assert(std::is_floating_point_v<Scalar>, "BlockDiffusionModel: Scalar must be float or double");
-  static_assert(!Attention::float_only || std::is_same_v<Scalar, float>,
-                "SimdAttention computes in float32 only: use ScalarAttention or BlockSparseAttention "
-                "for a double-precision model (finite-difference checks)");
+  static_assert(std::is_floating_point_v<Scalar>,
+                "BlockDiffusionModel: Scalar must be float or double");
+  static_assert(
+      !Attention::float_only || std::is_same_v<Scalar, float>,
+      "SimdAttention computes in float32 only: use ScalarAttention or BlockSparseAttention "
+      "for a double-precision model (finite-difference checks)");
 
  public:
   using scalar_type = Scalar;
@@ -152,7 +156,8 @@ class BlockDiffusionModel {
   void forward_train(std::span<const int32_t> xt, std::span<const int32_t> x0, int batch,
                      TrainActivations<Scalar>& act, bool keep_for_backward = false,
                      Dropout dropout = {}) const {
-    if (!(dropout.p >= 0.0 && dropout.p < 1.0)) fail_usage("forward_train: dropout must be in [0, 1)");
+    if (!(dropout.p >= 0.0 && dropout.p < 1.0))
+      fail_usage("forward_train: dropout must be in [0, 1)");
     const int L = config_.model_length, D = config_.hidden_dim;
     if (batch < 1) fail_usage("forward_train: batch must be >= 1");
     if (xt.size() != size_t(batch) * L || x0.size() != size_t(batch) * L)
@@ -180,7 +185,8 @@ class BlockDiffusionModel {
     const TrainingMask mask{L, block_size()};
     for (int l = 0; l < config_.n_blocks; ++l) {
       auto& a = act.layers[keep_for_backward ? l : 0];
-      layer_forward(l, x, N, batch, rows_seq, [L](int i) { return i % L; }, cos, sin, mask, a, dropout);
+      layer_forward(
+          l, x, N, batch, rows_seq, [L](int i) { return i % L; }, cos, sin, mask, a, dropout);
     }
     act.x_out = x;
     // Output layer on the xt rows only.
@@ -213,7 +219,8 @@ class BlockDiffusionModel {
     const int Bp = block_size(), D = config_.hidden_dim, batch = cache.batch();
     std::vector<Scalar> current(size_t(batch) * Bp * D);
     for (int b = 0; b < batch; ++b)
-      std::copy(x.begin() + (int64_t(b) * 2 * Bp + Bp) * D, x.begin() + (int64_t(b) * 2 * Bp + 2 * Bp) * D,
+      std::copy(x.begin() + (int64_t(b) * 2 * Bp + Bp) * D,
+                x.begin() + (int64_t(b) * 2 * Bp + 2 * Bp) * D,
                 current.begin() + int64_t(b) * Bp * D);
     cache.commit_scratch();
     std::vector<Scalar> mean, rstd, hf;
@@ -246,7 +253,8 @@ class BlockDiffusionModel {
     const BandedBlockCausalMask mask{block_size(), config_.model_length};
     LayerActivations<Scalar> a;
     for (int l = 0; l < config_.n_blocks; ++l) {
-      layer_forward(l, x, n, 1, n, [](int i) { return i; }, cos, sin, mask, a);
+      layer_forward(
+          l, x, n, 1, n, [](int i) { return i; }, cos, sin, mask, a);
     }
     std::vector<Scalar> mean, rstd, hf;
     output_layer(x, n, mean, rstd, hf, logits);
@@ -292,7 +300,8 @@ class BlockDiffusionModel {
     {
       const int nt = omp_get_num_threads(), t = omp_get_thread_num();
       const int64_t chunk = ((N + nt - 1) / nt + 15) / 16 * 16;
-      const int64_t r0 = std::min<int64_t>(N, int64_t(t) * chunk), r1 = std::min<int64_t>(N, r0 + chunk);
+      const int64_t r0 = std::min<int64_t>(N, int64_t(t) * chunk),
+                    r1 = std::min<int64_t>(N, r0 + chunk);
       if (r1 > r0) {
         MapM Y(y + r0 * out, r1 - r0, out);
         Y.noalias() = MapCM(x + r0 * in, r1 - r0, in) * MapCM(W, out, in).transpose();
@@ -332,7 +341,9 @@ class BlockDiffusionModel {
       const auto& o = layout_.layers[l];
       linear(cond_.data(), 1, C, param(o.ada_w), param(o.ada_b), 6 * D, mod.data());
       auto& m = mods_[l];
-      auto chunk = [&](int i) { return std::vector<Scalar>(mod.begin() + i * D, mod.begin() + (i + 1) * D); };
+      auto chunk = [&](int i) {
+        return std::vector<Scalar>(mod.begin() + i * D, mod.begin() + (i + 1) * D);
+      };
       m.shift1 = chunk(0), m.scale1 = chunk(1), m.gate1 = chunk(2);
       m.shift2 = chunk(3), m.scale2 = chunk(4), m.gate2 = chunk(5);
       m.a1.resize(D), m.a2.resize(D);
@@ -342,17 +353,23 @@ class BlockDiffusionModel {
       }
     }
     std::vector<Scalar> fmod(2 * D);
-    linear(cond_.data(), 1, C, param(layout_.out_ada_w), param(layout_.out_ada_b), 2 * D, fmod.data());
+    linear(cond_.data(), 1, C, param(layout_.out_ada_w), param(layout_.out_ada_b), 2 * D,
+           fmod.data());
     final_shift_.assign(fmod.begin(), fmod.begin() + D);
     final_scale_.assign(fmod.begin() + D, fmod.end());
     final_a_.resize(D);
-    for (int i = 0; i < D; ++i) final_a_[i] = param(layout_.norm_final)[i] * (Scalar(1) + final_scale_[i]);
+    for (int i = 0; i < D; ++i)
+      final_a_[i] = param(layout_.norm_final)[i] * (Scalar(1) + final_scale_[i]);
   }
 
  public:
   // Internals the backward pass needs: the pre-activation of the conditioning MLP.
-  const std::vector<Scalar>& sigma_hidden() const { return sigma_hidden_; }
-  const std::vector<Scalar>& sigma_out() const { return sigma_out_; }
+  const std::vector<Scalar>& sigma_hidden() const {
+    return sigma_hidden_;
+  }
+  const std::vector<Scalar>& sigma_out() const {
+    return sigma_out_;
+  }
 
  private:
   // LN without affine, then * a + b, row by row. Stores mean/rstd when asked.
@@ -370,9 +387,10 @@ class BlockDiffusionModel {
   // One transformer layer over N rows (batch sequences of rows_seq rows), in place on the
   // residual stream x; a keeps the layer's input and intermediate activations.
   template <class PosFn, class Mask>
-  void layer_forward(int l, std::vector<Scalar>& x, int64_t N, int batch, int rows_seq, PosFn pos_of,
-                     const std::vector<Scalar>& cos, const std::vector<Scalar>& sin, const Mask& mask,
-                     LayerActivations<Scalar>& a, const Dropout& dropout = {}) const {
+  void layer_forward(int l, std::vector<Scalar>& x, int64_t N, int batch, int rows_seq,
+                     PosFn pos_of, const std::vector<Scalar>& cos, const std::vector<Scalar>& sin,
+                     const Mask& mask, LayerActivations<Scalar>& a,
+                     const Dropout& dropout = {}) const {
     const int D = config_.hidden_dim, H = config_.n_heads, Dh = config_.head_dim(), F = 4 * D;
     const auto& o = layout_.layers[l];
     const auto& m = mods_[l];
@@ -402,24 +420,27 @@ class BlockDiffusionModel {
     if (dropout.active()) {
       a.keep_attn.resize(size_t(N) * D);
       detail::dropout_keep_mask(dropout, l, 0, N, D, a.keep_attn.data());
-      gate_add_dropout(a.x_mid.data(), N, D, m.gate1.data(), a.attn_proj.data(), a.keep_attn.data(), keep_scale);
+      gate_add_dropout(a.x_mid.data(), N, D, m.gate1.data(), a.attn_proj.data(), a.keep_attn.data(),
+                       keep_scale);
     } else {
       a.keep_attn.clear();
       gate_add(a.x_mid.data(), N, D, m.gate1.data(), a.attn_proj.data());
     }
     a.ln2_mean.resize(N), a.ln2_rstd.resize(N), a.h2.resize(N * D);
-    norm_modulate(a.x_mid.data(), N, D, m.a2.data(), m.shift2.data(), a.h2.data(), a.ln2_mean.data(),
-                  a.ln2_rstd.data());
+    norm_modulate(a.x_mid.data(), N, D, m.a2.data(), m.shift2.data(), a.h2.data(),
+                  a.ln2_mean.data(), a.ln2_rstd.data());
     a.mlp_pre.resize(N * F), a.mlp_act.resize(N * F), a.mlp_out.resize(N * D);
     linear(a.h2.data(), N, D, param(o.mlp0_w), param(o.mlp0_b), F, a.mlp_pre.data());
 #pragma omp parallel for schedule(static) if (N * F > 32768)
-    for (int64_t i = 0; i < N; ++i) kernels::gelu_tanh<Scalar>(a.mlp_pre.data() + i * F, a.mlp_act.data() + i * F, F);
+    for (int64_t i = 0; i < N; ++i)
+      kernels::gelu_tanh<Scalar>(a.mlp_pre.data() + i * F, a.mlp_act.data() + i * F, F);
     linear(a.mlp_act.data(), N, F, param(o.mlp2_w), param(o.mlp2_b), D, a.mlp_out.data());
     x = a.x_mid;
     if (dropout.active()) {
       a.keep_mlp.resize(size_t(N) * D);
       detail::dropout_keep_mask(dropout, l, 1, N, D, a.keep_mlp.data());
-      gate_add_dropout(x.data(), N, D, m.gate2.data(), a.mlp_out.data(), a.keep_mlp.data(), keep_scale);
+      gate_add_dropout(x.data(), N, D, m.gate2.data(), a.mlp_out.data(), a.keep_mlp.data(),
+                       keep_scale);
     } else {
       a.keep_mlp.clear();
       gate_add(x.data(), N, D, m.gate2.data(), a.mlp_out.data());
@@ -457,7 +478,8 @@ class BlockDiffusionModel {
   }
 
   void output_layer(const std::vector<Scalar>& x, int64_t rows, std::vector<Scalar>& mean,
-                    std::vector<Scalar>& rstd, std::vector<Scalar>& hf, std::vector<Scalar>& logits) const {
+                    std::vector<Scalar>& rstd, std::vector<Scalar>& hf,
+                    std::vector<Scalar>& logits) const {
     const int D = config_.hidden_dim, V = config_.vocab_size;
     mean.resize(rows), rstd.resize(rows), hf.resize(rows * D);
     norm_modulate(x.data(), rows, D, final_a_.data(), final_shift_.data(), hf.data(), mean.data(),
@@ -470,16 +492,16 @@ class BlockDiffusionModel {
   // (it attends to the cached window and itself), then the current block (it attends to
   // the window as it will be after that commit, and to itself). Each row's keys and
   // values go to the cache's scratch rows. Returns the residual stream [batch*rows, D].
-  std::vector<Scalar> decode_layers(std::span<const int32_t> commit, std::span<const int32_t> tokens,
-                                    KVCache<Scalar>& cache) const {
+  std::vector<Scalar> decode_layers(std::span<const int32_t> commit,
+                                    std::span<const int32_t> tokens, KVCache<Scalar>& cache) const {
     const int Bp = block_size(), batch = cache.batch();
     const int D = config_.hidden_dim, H = config_.n_heads, Dh = config_.head_dim(), F = 4 * D;
     if (cache.block_size() != Bp || cache.window() != config_.model_length)
       fail("KV cache was made for another model shape");
     for (auto span : {commit, tokens})
       if (!span.empty() && span.size() != size_t(batch) * Bp)
-        fail("decode: expected batch x block_size = " + std::to_string(batch * Bp) + " tokens, got " +
-             std::to_string(span.size()));
+        fail("decode: expected batch x block_size = " + std::to_string(batch * Bp) +
+             " tokens, got " + std::to_string(span.size()));
     check_tokens(commit);
     check_tokens(tokens);
     const int groups = int(!commit.empty()) + int(!tokens.empty());
@@ -489,7 +511,8 @@ class BlockDiffusionModel {
     for (int b = 0; b < batch; ++b)
       for (int r = 0; r < R; ++r) {
         const bool is_commit = !commit.empty() && r < Bp;
-        const int32_t tok = is_commit ? commit[size_t(b) * Bp + r] : tokens[size_t(b) * Bp + (r % Bp)];
+        const int32_t tok =
+            is_commit ? commit[size_t(b) * Bp + r] : tokens[size_t(b) * Bp + (r % Bp)];
         const Scalar* e = param(layout_.embedding) + int64_t(tok) * D;
         std::copy(e, e + D, x.data() + (int64_t(b) * R + r) * D);
       }
@@ -512,7 +535,8 @@ class BlockDiffusionModel {
       const auto& m = mods_[l];
       norm_modulate(x.data(), N, D, m.a1.data(), m.shift1.data(), h.data(), nullptr, nullptr);
       linear(h.data(), N, D, param(o.attn_qkv), nullptr, 3 * D, qkv.data());
-      apply_rotary(qkv.data(), N, [R](int i) { return i % R; }, cos, sin);
+      apply_rotary(
+          qkv.data(), N, [R](int i) { return i % R; }, cos, sin);
       for (int b = 0; b < batch; ++b) {
         Scalar* K = cache.keys(l, b);
         Scalar* Vv = cache.values(l, b);
@@ -533,7 +557,8 @@ class BlockDiffusionModel {
       norm_modulate(x.data(), N, D, m.a2.data(), m.shift2.data(), h.data(), nullptr, nullptr);
       linear(h.data(), N, D, param(o.mlp0_w), param(o.mlp0_b), F, pre.data());
 #pragma omp parallel for schedule(static) if (N * F > 32768)
-      for (int64_t i = 0; i < N; ++i) kernels::gelu_tanh<Scalar>(pre.data() + i * F, act.data() + i * F, F);
+      for (int64_t i = 0; i < N; ++i)
+        kernels::gelu_tanh<Scalar>(pre.data() + i * F, act.data() + i * F, F);
       linear(act.data(), N, F, param(o.mlp2_w), param(o.mlp2_b), D, proj.data());
       gate_add(x.data(), N, D, m.gate2.data(), proj.data());
     }

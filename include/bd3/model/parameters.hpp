@@ -79,7 +79,8 @@ class ParameterLayout {
     int64_t n = 1;
     for (auto s : shape)
       if (__builtin_mul_overflow(n, s, &n)) fail("parameter " + name + ": size overflows");
-    if (n > (int64_t(1) << 36)) fail("parameter " + name + " has " + std::to_string(n) + " elements: too large");
+    if (n > (int64_t(1) << 36))
+      fail("parameter " + name + " has " + std::to_string(n) + " elements: too large");
     int64_t offset = total_;
     entries_.push_back({std::move(name), std::move(shape), offset, n});
     total_ += n;
@@ -90,6 +91,8 @@ class ParameterLayout {
 };
 
 // Number of parameters a config implies, computed without allocating (for validation).
-inline int64_t parameter_count(const ModelConfig& c) { return ParameterLayout(c).total(); }
+inline int64_t parameter_count(const ModelConfig& c) {
+  return ParameterLayout(c).total();
+}
 
 }  // namespace bd3

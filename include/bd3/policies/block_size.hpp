@@ -18,8 +18,8 @@ struct BlockSize {
   // Accepts the size read from a checkpoint and checks it against N.
   explicit BlockSize(int runtime_value) {
     if (runtime_value != N)
-      fail_usage("block size " + std::to_string(runtime_value) + " does not match the model type's BlockSize<" +
-                 std::to_string(N) + ">");
+      fail_usage("block size " + std::to_string(runtime_value) +
+                 " does not match the model type's BlockSize<" + std::to_string(N) + ">");
   }
   constexpr int get() const noexcept { return N; }
 };
@@ -29,7 +29,8 @@ struct BlockSize<dynamic> {
   static constexpr bool is_dynamic = true;
   BlockSize() = default;
   explicit BlockSize(int runtime_value) : value(runtime_value) {
-    if (runtime_value < 1) fail_usage("block size must be >= 1, got " + std::to_string(runtime_value));
+    if (runtime_value < 1)
+      fail_usage("block size must be >= 1, got " + std::to_string(runtime_value));
   }
   int get() const noexcept { return value; }
   int value = 1;

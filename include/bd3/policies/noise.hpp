@@ -25,7 +25,8 @@ struct Cosine {
   static constexpr std::string_view name() { return "cosine"; }
   static double p(double t) { return 1.0 - (1.0 - eps) * std::cos(std::numbers::pi * t / 2.0); }
   static double w(double t) {
-    return (1.0 - eps) * std::sin(std::numbers::pi * t / 2.0) * (std::numbers::pi / 2.0) / (p(t) + eps);
+    return (1.0 - eps) * std::sin(std::numbers::pi * t / 2.0) * (std::numbers::pi / 2.0) /
+           (p(t) + eps);
   }
 };
 
@@ -58,7 +59,8 @@ concept NoiseSchedule = std::copyable<S> && requires(const S s, double t) {
 };
 
 // A schedule chosen at run time (CLI, checkpoints): one of the five policy types.
-using AnyNoise = std::variant<noise::LogLinear, noise::Cosine, noise::Square, noise::SquareRoot, noise::Log>;
+using AnyNoise =
+    std::variant<noise::LogLinear, noise::Cosine, noise::Square, noise::SquareRoot, noise::Log>;
 
 inline AnyNoise noise_from_name(std::string_view name) {
   if (name == noise::LogLinear::name()) return noise::LogLinear{};
@@ -76,9 +78,15 @@ struct RuntimeNoise {
   RuntimeNoise() = default;
   explicit RuntimeNoise(AnyNoise s) : schedule(s) {}
   explicit RuntimeNoise(std::string_view name) : schedule(noise_from_name(name)) {}
-  std::string_view name() const { return std::visit([](auto s) { return s.name(); }, schedule); }
-  double p(double t) const { return std::visit([t](auto s) { return s.p(t); }, schedule); }
-  double w(double t) const { return std::visit([t](auto s) { return s.w(t); }, schedule); }
+  std::string_view name() const {
+    return std::visit([](auto s) { return s.name(); }, schedule);
+  }
+  double p(double t) const {
+    return std::visit([t](auto s) { return s.p(t); }, schedule);
+  }
+  double w(double t) const {
+    return std::visit([t](auto s) { return s.w(t); }, schedule);
+  }
 };
 
 }  // namespace bd3
