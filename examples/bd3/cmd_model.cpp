@@ -18,20 +18,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::vector<int32_t> json_ids(const nlohmann::json& j, const char* what, int vocab) {
-  if (!j.is_array()) fail(std::string("cases.json: ") + what + " must be an array of token ids");
-  std::vector<int32_t> out;
-  for (const auto& v : j) {
-    if (!v.is_number_integer()) fail(std::string("cases.json: ") + what + " holds a non-integer");
-    int64_t id = v.get<int64_t>();
-    if (id < 0 || id >= vocab)
-      fail(std::string("cases.json: ") + what + " holds id " + std::to_string(id) +
-           ", outside [0, " + std::to_string(vocab) + ")");
-    out.push_back(int32_t(id));
-  }
-  return out;
-}
-
 // ---- bd3 forward ------------------------------------------------------------------
 // The gradient of nelbo_mean for every parameter, under the parameter's own name.
 void write_gradients(const CliModel& model, const std::vector<int32_t>& xt,
@@ -59,55 +45,33 @@ int run_forward(const ForwardOptions& o) {
   auto model = load_model(o.model);
   const auto& cfg = model.config();
   const int L = cfg.model_length, V = cfg.vocab_size, Bp = cfg.block_size;
-  auto cases = read_json_file(o.cases);
-  if (!cases.is_object()) fail("cases.json: not a JSON object");
+  const auto cases = io::parse_parity_cases(read_json_file(o.cases), cfg);
+  if (o.grad && !cases.train) fail_usage("--grad needs a \"train\" case in cases.json");
   std::error_code ec;
   std::filesystem::create_directories(o.out, ec);
   if (ec) fail_io("cannot create " + o.out + ": " + ec.message());
   nlohmann::json result = nlohmann::json::object();
-  if (auto it = cases.find("train"); it != cases.end()) {
-    const auto& tr = *it;
-    auto xt = json_ids(tr.value("xt", nlohmann::json()), "train.xt", V);
-    auto x0 = json_ids(tr.value("x0", nlohmann::json()), "train.x0", V);
-    if (int(xt.size()) != L || int(x0.size()) != L)
-      fail("cases.json: train.xt and train.x0 must hold model_length = " + std::to_string(L) +
-           " ids");
-    auto t_json = tr.value("t_per_block", nlohmann::json());
-    if (!t_json.is_array() || int(t_json.size()) != L / Bp)
-      fail("cases.json: train.t_per_block must hold " + std::to_string(L / Bp) + " numbers");
+  if (const auto& tr = cases.train) {
     std::vector<double> weight(L);
-    for (int l = 0; l < L; ++l) {
-      if (!t_json[l / Bp].is_number()) fail("cases.json: train.t_per_block holds a non-number");
-      double t = t_json[l / Bp].get<double>();
-      if (!(t > 0 && t <= 1)) fail("cases.json: train.t_per_block values must be in (0, 1]");
-      weight[l] = model.noise().w(t);
-    }
+    for (int l = 0; l < L; ++l) weight[l] = model.noise().w(tr->t_per_block[l / Bp]);
     TrainActivations<float> act;
-    model.forward_train(xt, x0, 1, act);
+    model.forward_train(tr->xt, tr->x0, 1, act);
     const int64_t shape[2] = {L, V};
     io::write_npy(std::filesystem::path(o.out) / "train_logits.npy", shape, act.logits);
-    auto terms = subs_nelbo<float>(act.logits, xt, x0, weight, L, V, cfg.mask_index);
+    auto terms = subs_nelbo<float>(act.logits, tr->xt, tr->x0, weight, L, V, cfg.mask_index);
     result["nelbo_mean"] = terms.loss_sum / double(terms.tokens);
-    if (o.grad) write_gradients(model, xt, x0, weight, o.out, result);
-  } else if (o.grad) {
-    fail_usage("--grad needs a \"train\" case in cases.json");
+    if (o.grad) write_gradients(model, tr->xt, tr->x0, weight, o.out, result);
   }
-  if (auto it = cases.find("kv_cache"); it != cases.end()) {
-    auto steps = it->value("steps", nlohmann::json());
-    if (!steps.is_array()) fail("cases.json: kv_cache.steps must be an array");
+  if (cases.kv_cache) {
     KVCache<float> cache(cfg, 1);
     std::vector<float> logits;
     int i = 0;
-    for (const auto& s : steps) {
-      auto noisy = json_ids(s.value("noisy_block", nlohmann::json()), "noisy_block", V);
-      auto clean = json_ids(s.value("clean_block", nlohmann::json()), "clean_block", V);
-      if (int(noisy.size()) != Bp || int(clean.size()) != Bp)
-        fail("cases.json: kv_cache blocks must hold block_size = " + std::to_string(Bp) + " ids");
-      model.forward_block(noisy, cache, logits);
+    for (const auto& step : *cases.kv_cache) {
+      model.forward_block(step.noisy_block, cache, logits);
       const int64_t shape[2] = {Bp, V};
       io::write_npy(std::filesystem::path(o.out) / fmt::format("cache_logits_{}.npy", i), shape,
                     logits);
-      model.commit_block(clean, cache);
+      model.commit_block(step.clean_block, cache);
       ++i;
     }
     result["kv_steps"] = i;
@@ -140,6 +104,10 @@ int run_inspect(const std::string& given) {
                      {"non_finite", non_finite}};
   if (non_finite) out["first_non_finite_tensor"] = first_bad;
   fmt::print("{}\n", out.dump());
+  // The summary still goes to stdout; the failure is one line on stderr, as every error.
+  if (non_finite)
+    fmt::print(stderr, "bd3: {}: {} non-finite weight value(s) (NaN/Inf), the first in tensor {}\n",
+               (dir / "model.safetensors").string(), non_finite, first_bad);
   return non_finite ? 1 : 0;
 }
 
@@ -171,6 +139,12 @@ int run_bench(const BenchOptions& o) {
   if (o.model.empty() == o.preset.empty())
     fail_usage("bench: give exactly one of --model and --preset");
   if (o.batch < 1) fail_usage("--batch must be >= 1");
+  if (!(o.seconds >= 0 && o.seconds <= 86400)) fail_usage("--seconds must be in [0, 86400]");
+  {
+    const auto c = o.model.empty() ? preset_config(o.preset) : load_config(model_dir(o.model));
+    check_memory(o.what == "decode" ? sampling_bytes(c, o.batch, c.model_length) : training_bytes(c, o.batch),
+                 fmt::format("bench --what {} --batch {}", o.what, o.batch));
+  }
   CliModel model = o.model.empty() ? CliModel(preset_config(o.preset)) : load_model(o.model);
   if (!o.preset.empty()) randomize(model, 1234);
   const auto& c = model.config();

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -39,6 +40,9 @@ std::string dump(const nlohmann::ordered_json& j) {
 }
 
 // ---- bd3 sample ----------------------------------------------------------------------
+// Tokens per sequence: the KV cache slides, so any length works; this bounds the work.
+constexpr int64_t kMaxSampleLength = int64_t{1} << 24;
+
 struct SampleArgs {
   std::string model, prompt, noise = "loglinear";
   int64_t length = 0, bos = -1, eos = -1;
@@ -55,7 +59,8 @@ int run_sample(const SampleArgs& a) {
   // Flag values first: no model load for a typo.
   if (a.length_opt->count() && a.length < 1)
     fail_usage("--length must be >= 1 (it counts every token, BOS included)");
-  if (a.steps_opt->count() && a.steps < 1) fail_usage("--steps must be >= 1");
+  if (a.length_opt->count()) check_count("--length", a.length, 1, kMaxSampleLength);
+  if (a.steps_opt->count()) check_count("--steps", a.steps, 1);
   if (a.steps_opt->count() && a.first_hitting)
     fail_usage("--steps (DDPM) and --first-hitting exclude each other");
   if (a.threshold_opt->count() && (a.steps_opt->count() || a.first_hitting))
@@ -63,13 +68,19 @@ int run_sample(const SampleArgs& a) {
   if (!(a.threshold >= 0 && a.threshold <= 1)) fail_usage("--threshold must be in [0, 1]");
   if (!(a.top_p > 0 && a.top_p <= 1)) fail_usage("--top-p must be in (0, 1]");
   if (a.top_k < 0) fail_usage("--top-k must be >= 0 (0 = off)");
-  if (!(a.temperature >= 0)) fail_usage("--temperature must be >= 0 (0 = greedy)");
+  if (!(a.temperature >= 0 && std::isfinite(a.temperature)))
+    fail_usage("--temperature must be finite and >= 0 (0 = greedy)");
   if (a.batch < 1) fail_usage("--batch must be >= 1");
-  if (a.max_retries < 0) fail_usage("--max-retries must be >= 0");
+  check_count("--max-retries", a.max_retries, 0);
   set_threads(a.threads);
   const RuntimeNoise noise(a.noise);
 
   const fs::path dir = model_dir(a.model);  // a model directory or a training output directory
+  const auto config = load_config(dir);
+  // Before the weights are read: a length or batch that cannot fit is a usage error.
+  check_memory(sampling_bytes(config, a.batch, a.length_opt->count() ? a.length : config.model_length),
+               fmt::format("sampling --batch {} x --length {}", a.batch,
+                           a.length_opt->count() ? a.length : config.model_length));
   auto ck = load_checkpoint(dir);
   CliModel model(ck.config, noise);
   std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());
@@ -234,6 +245,8 @@ std::vector<std::vector<int32_t>> read_samples(const std::string& path) {
 int run_eval_gen(const EvalGenArgs& a) {
   if (a.batch < 1) fail_usage("--batch must be >= 1");
   set_threads(a.threads);
+  check_memory(training_bytes(load_config(model_dir(a.judge)), a.batch),
+               fmt::format("eval-gen --batch {}", a.batch));
   auto samples = read_samples(a.samples);
   auto judge = load_model(a.judge);
   if (judge.block_size() != 1)

@@ -178,7 +178,7 @@ bd3::cli::Registrar tokenizer_command([](CLI::App& app) -> bd3::cli::Runner {
       fail_usage(fmt::format("--vocab-size must be in 257..{}, got {}", text::kMaxVocabSize,
                              f->vocab_size));
     if (f->min_pair_count < 1) fail_usage("--min-pair-count must be at least 1");
-    if (f->threads < 0) fail_usage("--threads must be at least 0");
+    if (f->threads < 0 || f->threads > 1024) fail_usage("--threads must be in 0..1024");
     text::BpeTrainOptions options;
     options.vocab_size = static_cast<int32_t>(f->vocab_size);
     options.min_pair_count = f->min_pair_count;

@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -206,6 +207,10 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   if (f.log_every < 1) fail_usage("--log-every must be >= 1");
   if (f.checkpoint_every < 0) fail_usage("--checkpoint-every must be >= 0");
   if (!(f.max_seconds >= 0)) fail_usage("--max-seconds must be >= 0");
+  bd3::cli::check_count("--accumulate", f.accumulate, 1);
+  bd3::cli::check_count("--clip-batches", f.clip_batches, 1);
+  if (f.tokenizer_vocab < 0) fail_usage("--tokenizer-vocab must be >= 257");
+  if (cmd->get_option("--warmup")->count() > 0 && f.warmup < 0) fail_usage("--warmup must be >= 0");
   const fs::path out = f.out;
   const bool has_pointer = fs::exists(out / train::kPointerFile);
   if (!f.resume && has_pointer)
@@ -320,6 +325,11 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
       fail_usage(e.what());
     }
   }
+  // Before any model buffer is allocated: a shape or batch that cannot fit is a usage error.
+  bd3::cli::check_memory(bd3::cli::training_bytes(config, opts.batch) +
+                             (opts.clip_search ? 4.0 * opts.clip_batches * opts.batch * config.model_length : 0.0),
+                         fmt::format("training {} layers x hidden {} x --length {} at --batch {}", config.n_blocks,
+                                     config.hidden_dim, config.model_length, opts.batch));
 
   // The data.
   text::CorpusOptions co;
@@ -401,7 +411,18 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     return dir;
   };
   while (!trainer->done()) {
-    auto r = trainer->train_step();
+    train::StepResult r;
+    try {
+      r = trainer->train_step();
+    } catch (const bd3::Error& e) {
+      if (e.kind() != bd3::ErrorKind::numerical) throw;
+      // Nothing from the diverged step was saved: say which checkpoint is there.
+      const auto p = train::read_pointer(out);
+      throw bd3::Error(e.kind(), std::string(e.what()) + "; nothing was saved from it" +
+                                     (p ? fmt::format(", the last checkpoint ({}/{}, step {}) is intact", out.string(),
+                                                      p->current, p->step)
+                                        : std::string(", and there is no checkpoint yet")));
+    }
     if (r.clip) {
       nlohmann::json cands = nlohmann::json::array();
       for (size_t i = 0; i < r.clip->candidates.size(); ++i)
@@ -484,9 +505,11 @@ struct EvalFlags {
 
 int run_eval(const EvalFlags& f) {
   bd3::cli::set_threads(f.threads);
-  if (f.samples < 1) fail_usage("--samples must be >= 1");
+  bd3::cli::check_count("--samples", f.samples, 1);
   if (f.batch < 1) fail_usage("--batch must be >= 1");
   if (f.max_sequences < 0) fail_usage("--max-sequences must be >= 0");
+  if (!(f.val_fraction == -1 || (f.val_fraction >= 0 && f.val_fraction < 1)))
+    fail_usage("--val-fraction must be in [0, 1)");
   if (f.split != "validation" && f.split != "train" && f.split != "all")
     fail_usage("--split must be validation, train or all");
   bd3::EstimatorOptions eo;
@@ -539,6 +562,10 @@ int run_eval(const EvalFlags& f) {
   if (f.max_sequences > 0 && int64_t(sequences.size()) > f.max_sequences) sequences.resize(size_t(f.max_sequences));
   if (sequences.empty()) fail("the " + f.split + " split of the data holds no sequence of " +
                               std::to_string(ck.config.model_length) + " tokens");
+  bd3::cli::check_memory(bd3::cli::training_bytes(ck.config, std::min<int64_t>(f.batch, int64_t(sequences.size()))) +
+                             8.0 * double(sequences.size()) * f.samples,
+                         fmt::format("eval of {} sequences x --samples {} at --batch {}", sequences.size(), f.samples,
+                                     f.batch));
   const int L = ck.config.model_length;
   const int64_t batches = (int64_t(sequences.size()) + f.batch - 1) / f.batch;
   Progress progress("bd3 eval", batches * f.samples, f.quiet);
@@ -546,6 +573,11 @@ int run_eval(const EvalFlags& f) {
   double loss_sum = 0;
   int64_t tokens = 0;
   std::vector<int32_t> x0;
+  std::vector<double> per_token;
+  // seq_nelbo[s * N + i]: the per-token NELBO of sequence i in draw s (the training loss
+  // at batch 1), for the estimator's variance.
+  const size_t N = sequences.size();
+  std::vector<double> seq_nelbo(N * size_t(f.samples), 0.0);
   for (int s = 0; s < f.samples; ++s)
     for (int64_t b = 0; b < batches; ++b) {
       const int64_t lo = b * f.batch, hi = std::min<int64_t>(lo + f.batch, int64_t(sequences.size()));
@@ -553,7 +585,12 @@ int run_eval(const EvalFlags& f) {
       x0.resize(size_t(n) * L);
       for (int k = 0; k < n; ++k) corpus.sequence_at(sequences[size_t(lo + k)], std::span<int32_t>(x0).subspan(size_t(k) * L, L));
       bd3::CounterRng rng(f.seed, {bd3::rng_stream::eval, uint64_t(s), uint64_t(b)});
-      auto terms = bd3::estimate_nelbo(model, x0, n, eo, rng);
+      auto terms = bd3::estimate_nelbo(model, x0, n, eo, rng, &per_token);
+      for (int k = 0; k < n; ++k) {
+        double sum = 0;
+        for (int q = 1; q < L; ++q) sum += per_token[size_t(k) * L + size_t(q)];
+        seq_nelbo[size_t(s) * N + size_t(lo + k)] = sum / double(L - 1);
+      }
       loss_sum += terms.loss_sum;
       tokens += terms.tokens;
       const int64_t done = int64_t(s) * batches + b + 1;
@@ -563,12 +600,32 @@ int run_eval(const EvalFlags& f) {
     }
   progress.finish();
   const double nelbo = loss_sum / double(tokens);
+  if (!std::isfinite(nelbo))
+    throw bd3::Error(bd3::ErrorKind::numerical,
+                     fmt::format("eval: the NELBO is not finite ({}): the model's weights or outputs are not finite "
+                                 "(bd3 inspect --model {} checks the weights)",
+                                 nelbo, f.model));
+  // Two variances of the per-sequence NELBO: across every (sequence, draw) pair (data and
+  // masks), and across the draws of one sequence averaged over sequences (the masks
+  // alone: the noise schedule's share, which clipping reduces; needs --samples >= 2).
+  const double total_variance = bd3::sample_variance(seq_nelbo);
+  double mask_variance = 0;
+  if (f.samples >= 2) {
+    std::vector<double> draws(size_t(f.samples));
+    for (size_t i = 0; i < N; ++i) {
+      for (int s = 0; s < f.samples; ++s) draws[size_t(s)] = seq_nelbo[size_t(s) * N + i];
+      mask_variance += bd3::sample_variance(draws) / double(N);
+    }
+  }
   nlohmann::json j = {{"nelbo", nelbo},
                       {"ppl", std::exp(nelbo)},
                       {"bits_per_token", nelbo / std::log(2.0)},
                       {"tokens", tokens / f.samples},
                       {"sequences", sequences.size()},
                       {"samples", f.samples},
+                      {"nelbo_variance", total_variance},
+                      {"mask_variance", f.samples >= 2 ? nlohmann::json(mask_variance) : nlohmann::json(nullptr)},
+                      {"standard_error", std::sqrt(total_variance / double(N * size_t(f.samples)))},
                       {"split", f.split},
                       {"eps_min", eo.eps_min},
                       {"eps_max", eo.eps_max},

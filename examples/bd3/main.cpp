@@ -2,13 +2,59 @@
 // Exit codes: 0 success, 1 bad input (files, data), 2 bad usage (flags, values).
 #include <bd3/error.hpp>
 
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <new>
+#include <string>
 
 #include "cli.hpp"
 
+namespace {
+
+// Every error is exactly one line on stderr, whatever the message holds (a file name with
+// a newline, a multi-line message from a library).
+void print_error(const char* message) {
+  std::string line = message;
+  for (char& c : line)
+    if (c == '\n' || c == '\r') c = ' ';
+  std::fprintf(stderr, "bd3: %s\n", line.c_str());
+}
+
+// CLI11 reads an empty value ("--batch ''") as 0, and an integer beyond 64 bits as the
+// largest one ("--steps 99999999999999999999" would train for ever): both are usage errors.
+void check_numbers(CLI::App* app) {
+  for (CLI::Option* opt : app->get_options()) {
+    const std::string type = opt->get_type_name();
+    const bool is_uint = type.rfind("UINT", 0) == 0, is_int = type.rfind("INT", 0) == 0;
+    if (!is_uint && !is_int && type.rfind("FLOAT", 0) != 0) continue;
+    opt->check(CLI::Validator(
+        [is_uint, is_int](std::string& value) {
+          if (value.empty()) return std::string("an empty value is not a number");
+          if (is_int || is_uint) {
+            errno = 0;
+            char* end = nullptr;
+            if (is_uint)
+              (void)std::strtoull(value.c_str(), &end, 0);
+            else
+              (void)std::strtoll(value.c_str(), &end, 0);
+            if (errno == ERANGE) return value + " is out of the 64-bit integer range";
+          }
+          return std::string();
+        },
+        ""));
+  }
+  for (CLI::App* sub : app->get_subcommands({})) check_numbers(sub);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
+  // Past a file-size limit (ulimit -f), write() fails with EFBIG and the error is reported
+  // like a full disk, instead of SIGXFSZ killing the process mid-write.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"bd3: block diffusion language models (BD3-LMs) in C++"};
   app.require_subcommand(1);
   std::vector<std::pair<CLI::App*, bd3::cli::Runner>> runners;
@@ -18,6 +64,7 @@ int main(int argc, char** argv) {
     auto subs = app.get_subcommands({});
     if (subs.size() > before) runners.emplace_back(subs.back(), std::move(runner));
   }
+  check_numbers(&app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -25,7 +72,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "bd3: %s\n", e.what());
+    print_error(e.what());
     return 2;
   }
   try {
@@ -34,13 +81,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bd3: no command given (try --help)\n");
     return 2;
   } catch (const bd3::Error& e) {
-    std::fprintf(stderr, "bd3: %s\n", e.what());
+    print_error(e.what());
     return e.kind() == bd3::ErrorKind::usage ? 2 : 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "bd3: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "bd3: %s\n", e.what());
+    print_error(e.what());
     return 1;
   }
 }

@@ -3,11 +3,15 @@
 #include <bd3/bd3.hpp>
 #include <bd3/train/trainer_state.hpp>
 
+#include <fmt/format.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cstdint>
+#include <fstream>
 #include <random>
 #include <string>
 
@@ -15,12 +19,67 @@ namespace bd3::cli {
 
 using CliModel = BlockDiffusionModel<BlockSize<dynamic>, RuntimeNoise, BlockSparseAttention, float>;
 
+// Far above any machine's cores; libgomp crashes when asked for ~10^5 threads.
+inline constexpr int kMaxThreads = 1024;
+// Counts that multiply work without allocating (DDPM steps, retries, micro-batches, mask
+// draws): a bound that turns a typo into an error instead of a run that never ends.
+inline constexpr int64_t kMaxWorkCount = int64_t{1} << 20;
+
 inline void set_threads(int threads) {
-  if (threads < 0) fail_usage("--threads must be >= 1 (or 0 for all cores)");
+  if (threads < 0 || threads > kMaxThreads)
+    fail_usage(fmt::format("--threads must be in 1..{} (or 0 for all cores), got {}", kMaxThreads, threads));
   if (threads > 0) {
     omp_set_num_threads(threads);
     Eigen::setNbThreads(threads);
   }
+}
+
+inline void check_count(const char* flag, int64_t value, int64_t lo, int64_t hi = kMaxWorkCount) {
+  if (value < lo || value > hi) fail_usage(fmt::format("{} must be in {}..{}, got {}", flag, lo, hi, value));
+}
+
+// ---- Memory estimates: refuse a job that cannot fit before allocating for it ----------
+
+// Physical memory, or the cgroup (v2) limit when lower: what this process may use.
+inline double memory_available_bytes() {
+  double bytes = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
+  std::ifstream cg("/sys/fs/cgroup/memory.max");
+  std::string limit;
+  if (cg >> limit && !limit.empty() && std::all_of(limit.begin(), limit.end(), [](unsigned char ch) { return ch >= '0' && ch <= '9'; }))
+    bytes = std::min(bytes, std::stod(limit));
+  return bytes > 0 ? bytes : 1e18;
+}
+
+inline std::string bytes_text(double b) {
+  if (b >= 1e12) return fmt::format("{:.1f} TB", b / 1e12);
+  if (b >= 1e9) return fmt::format("{:.1f} GB", b / 1e9);
+  return fmt::format("{:.0f} MB", b / 1e6);
+}
+
+// Usage error when `bytes` (an estimate of the job's peak) exceed the memory available.
+inline void check_memory(double bytes, const std::string& job) {
+  const double available = memory_available_bytes();
+  if (bytes > available)
+    fail_usage(fmt::format("{} needs about {} of memory, more than the {} available", job, bytes_text(bytes),
+                           bytes_text(available)));
+}
+
+// Training (and the forward/backward of eval, bench, eval-gen): the parameters with
+// gradient, AdamW moments, EMA and a checkpoint's copies, the activations kept for
+// backward over batch x [xt, x0] rows, and the logits with their gradient.
+inline double training_bytes(const ModelConfig& c, int64_t batch) {
+  const double P = double(ParameterLayout(c).total()), D = c.hidden_dim, L = c.model_length;
+  const double rows = double(batch) * 2 * L;
+  return 4.0 * (9 * P + rows * (18 * D * c.n_blocks + 10 * D) + 2 * double(batch) * L * c.vocab_size);
+}
+
+// Sampling: the weights, and per sequence its tokens, the KV cache, the current block's
+// logits and distributions, the forward's rows.
+inline double sampling_bytes(const ModelConfig& c, int64_t batch, int64_t length) {
+  const double P = double(ParameterLayout(c).total()), D = c.hidden_dim, Bp = c.block_size;
+  const double per_sequence = 4.0 * double(length) + 16 * Bp * c.vocab_size +
+                              8.0 * c.n_blocks * (double(c.model_length) + 2 * Bp) * D + 4.0 * 2 * Bp * 24 * D;
+  return 8 * P + double(batch) * per_sequence;
 }
 
 // Random-weight models of the official small size and of a mid size, for benchmarks.

@@ -6,7 +6,9 @@
 #include <bd3/diffusion/nelbo.hpp>
 #include <bd3/error.hpp>
 #include <bd3/io/atomic_file.hpp>
+#include <bd3/io/json.hpp>
 #include <bd3/io/npy.hpp>
+#include <bd3/io/parity_cases.hpp>
 #include <bd3/io/safetensors.hpp>
 #include <bd3/model/checkpoint.hpp>
 #include <bd3/model/config.hpp>

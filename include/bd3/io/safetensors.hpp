@@ -5,6 +5,7 @@
 // (huggingface/safetensors): every byte of the data region belongs to exactly one tensor.
 #include <bd3/error.hpp>
 #include <bd3/io/atomic_file.hpp>
+#include <bd3/io/json.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -354,6 +355,10 @@ inline ParsedHeader parse_header(std::string_view header, const std::string& sou
   }
   if (header.empty() || header.front() != '{') {
     fail(source + ": safetensors header is not a JSON object (must start with '{')");
+  }
+  if (json_nests_deeper_than(header, kMaxJsonDepth)) {
+    fail(source + ": safetensors header nests JSON deeper than " + std::to_string(kMaxJsonDepth) +
+         " levels");
   }
   nlohmann::json root;
   try {

@@ -3,6 +3,7 @@
 // config.json (BD3LMConfig) + model.safetensors (official key names).
 #include <bd3/error.hpp>
 #include <bd3/io/atomic_file.hpp>
+#include <bd3/io/json.hpp>
 #include <bd3/io/safetensors.hpp>
 #include <bd3/model/config.hpp>
 #include <bd3/model/parameters.hpp>
@@ -13,9 +14,18 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace bd3 {
+
+// Parses JSON text held in memory; `source` names it in the message.
+inline nlohmann::json parse_json_text(std::string_view text, const std::string& source) {
+  io::check_json_depth(text, source);
+  auto j = nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) fail(source + ": not valid JSON");
+  return j;
+}
 
 inline nlohmann::json read_json_file(const std::filesystem::path& path,
                                      uintmax_t max_bytes = 64u << 20) {
@@ -28,20 +38,33 @@ inline nlohmann::json read_json_file(const std::filesystem::path& path,
   if (!in) fail("cannot open " + path.string());
   std::string text(size, '\0');
   in.read(text.data(), std::streamsize(size));
-  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) fail(path.string() + ": not valid JSON");
-  return j;
+  return parse_json_text(text, path.string());
+}
+
+namespace detail {
+// Runs f(); a bd3::Error whose message does not already start with `source` is prefixed by it.
+template <class F>
+auto prefix_errors_with(const std::string& source, F&& f) {
+  try {
+    return f();
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    if (msg.rfind(source, 0) == 0) throw;
+    fail(source + ": " + msg);
+  }
+}
+}  // namespace detail
+
+// config.json text held in memory, parsed and validated; `source` prefixes the messages.
+inline ModelConfig parse_config_json(std::string_view text, const std::string& source) {
+  return detail::prefix_errors_with(
+      source, [&] { return ModelConfig::from_json(parse_json_text(text, source)); });
 }
 
 inline ModelConfig load_config(const std::filesystem::path& dir) {
   auto path = dir / "config.json";
-  try {
-    return ModelConfig::from_json(read_json_file(path));
-  } catch (const Error& e) {
-    std::string msg = e.what();
-    if (msg.rfind(path.string(), 0) == 0) throw;
-    fail(path.string() + ": " + msg);
-  }
+  return detail::prefix_errors_with(path.string(),
+                                    [&] { return ModelConfig::from_json(read_json_file(path)); });
 }
 
 // Loads every parameter of `layout` from an open safetensors file into `out` (the flat

@@ -85,10 +85,11 @@ struct ModelConfig {
       }
       if (!it->is_number_integer())
         fail(std::string("config.json: \"") + key + "\" must be an integer");
-      int64_t v = it->get<int64_t>();
-      if (v < -1 || v > (int64_t(1) << 30))
-        fail(std::string("config.json: \"") + key + "\" = " + std::to_string(v) +
-             " is out of range");
+      // A value above INT64_MAX is unsigned in nlohmann and would wrap in get<int64_t>().
+      const bool huge = it->is_number_unsigned() && it->get<uint64_t>() > (uint64_t(1) << 30);
+      const int64_t v = huge ? 0 : it->get<int64_t>();
+      if (huge || v < -1 || v > (int64_t(1) << 30))
+        fail(std::string("config.json: \"") + key + "\" = " + it->dump() + " is out of range");
       out = static_cast<int>(v);
     };
     auto get_bool = [&](const char* key, bool& out) {

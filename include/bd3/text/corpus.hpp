@@ -161,6 +161,53 @@ inline void write_token_cache(const std::filesystem::path& path, std::string_vie
 
 enum class TokenCacheRead { ok, absent, stale };
 
+namespace detail {
+
+// The token cache format over a byte source of `size` bytes: read(dst, n) copies the next
+// n bytes and returns false when fewer are left. `where` names the source in messages.
+template <class Read>
+TokenCacheRead parse_token_cache(Read&& read, uint64_t size, std::string_view fingerprint,
+                                 int32_t vocab_size, TokenCache& out, const std::string& where) {
+  auto read_exact = [&](void* dst, size_t n, const char* what) {
+    if (n > 0 && !read(dst, n)) fail(where + " is truncated (in the " + what + ")");
+  };
+  char magic[8];
+  read_exact(magic, 8, "magic");
+  if (std::memcmp(magic, kTokenCacheMagic, 8) != 0)
+    fail(where + " is not a bd3 token cache (bad magic)");
+  uint32_t version = 0, fp_len = 0;
+  read_exact(&version, 4, "header");
+  if (version != kTokenCacheVersion) return TokenCacheRead::stale;
+  read_exact(&fp_len, 4, "header");
+  if (fp_len > kMaxFingerprintBytes)
+    fail(where + " is malformed (fingerprint length " + std::to_string(fp_len) + ")");
+  std::string fp(fp_len, '\0');
+  read_exact(fp.data(), fp_len, "header");
+  if (fp != fingerprint) return TokenCacheRead::stale;
+  uint64_t documents = 0, count = 0;
+  read_exact(&documents, 8, "header");
+  read_exact(&count, 8, "header");
+  const uint64_t header_bytes = 8 + 4 + 4 + uint64_t{fp_len} + 8 + 8;
+  if (count > (size - header_bytes) / 4)
+    fail(where + " is truncated: the header says " + std::to_string(count) +
+         " tokens, the file holds " + std::to_string((size - header_bytes) / 4));
+  if (size != header_bytes + 4 * count)
+    fail(where + " has " + std::to_string(size - header_bytes - 4 * count) +
+         " bytes after its last token");
+  out.tokens.resize(count);
+  read_exact(out.tokens.data(), count * 4, "token ids");
+  for (uint64_t i = 0; i < count; ++i)
+    if (static_cast<uint32_t>(out.tokens[i]) >= static_cast<uint32_t>(vocab_size))
+      fail(where + ": id " + std::to_string(static_cast<uint32_t>(out.tokens[i])) +
+           " at position " + std::to_string(i) + " is out of range (vocabulary size " +
+           std::to_string(vocab_size) + ")");
+  out.fingerprint = std::move(fp);
+  out.documents = documents;
+  return TokenCacheRead::ok;
+}
+
+}  // namespace detail
+
 // Reads a token cache made for `fingerprint`. Returns absent when there is no file and
 // stale when it was made by another version or for other data or another tokenizer (ids
 // not read). bd3::Error when the file is not a token cache, is truncated or longer than
@@ -178,45 +225,26 @@ inline TokenCacheRead read_token_cache(const std::filesystem::path& path,
     ~Closer() { std::fclose(f); }
   } closer{f};
   const std::string where = "token cache " + path.string();
-  auto read_exact = [&](void* dst, size_t n, const char* what) {
-    if (n > 0 && std::fread(dst, 1, n, f) != n) fail(where + " is truncated (in the " + what + ")");
-  };
-  char magic[8];
-  read_exact(magic, 8, "magic");
-  if (std::memcmp(magic, detail::kTokenCacheMagic, 8) != 0)
-    fail(where + " is not a bd3 token cache (bad magic)");
-  uint32_t version = 0, fp_len = 0;
-  read_exact(&version, 4, "header");
-  if (version != detail::kTokenCacheVersion) return TokenCacheRead::stale;
-  read_exact(&fp_len, 4, "header");
-  if (fp_len > detail::kMaxFingerprintBytes)
-    fail(where + " is malformed (fingerprint length " + std::to_string(fp_len) + ")");
-  std::string fp(fp_len, '\0');
-  read_exact(fp.data(), fp_len, "header");
-  if (fp != fingerprint) return TokenCacheRead::stale;
-  uint64_t documents = 0, count = 0;
-  read_exact(&documents, 8, "header");
-  read_exact(&count, 8, "header");
-  const uint64_t header_bytes = 8 + 4 + 4 + uint64_t{fp_len} + 8 + 8;
   std::error_code ec;
   const uint64_t size = std::filesystem::file_size(path, ec);
   if (ec) fail_io("cannot stat " + where + ": " + ec.message());
-  if (count > (size - header_bytes) / 4)
-    fail(where + " is truncated: the header says " + std::to_string(count) +
-         " tokens, the file holds " + std::to_string((size - header_bytes) / 4));
-  if (size != header_bytes + 4 * count)
-    fail(where + " has " + std::to_string(size - header_bytes - 4 * count) +
-         " bytes after its last token");
-  out.tokens.resize(count);
-  read_exact(out.tokens.data(), count * 4, "token ids");
-  for (uint64_t i = 0; i < count; ++i)
-    if (static_cast<uint32_t>(out.tokens[i]) >= static_cast<uint32_t>(vocab_size))
-      fail(where + ": id " + std::to_string(static_cast<uint32_t>(out.tokens[i])) +
-           " at position " + std::to_string(i) + " is out of range (vocabulary size " +
-           std::to_string(vocab_size) + ")");
-  out.fingerprint = std::move(fp);
-  out.documents = documents;
-  return TokenCacheRead::ok;
+  return detail::parse_token_cache(
+      [&](void* dst, size_t n) { return std::fread(dst, 1, n, f) == n; }, size, fingerprint,
+      vocab_size, out, where);
+}
+
+// The same for a token cache held in memory; `source` names it in messages.
+inline TokenCacheRead parse_token_cache(std::string_view bytes, std::string_view fingerprint,
+                                        int32_t vocab_size, TokenCache& out,
+                                        const std::string& source = "token cache") {
+  size_t pos = 0;
+  auto read = [&](void* dst, size_t n) {
+    if (bytes.size() - pos < n) return false;
+    std::memcpy(dst, bytes.data() + pos, n);
+    pos += n;
+    return true;
+  };
+  return detail::parse_token_cache(read, bytes.size(), fingerprint, vocab_size, out, source);
 }
 
 class Corpus {

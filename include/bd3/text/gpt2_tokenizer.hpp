@@ -13,6 +13,7 @@
 // encoded as ordinary text.
 #include <bd3/error.hpp>
 #include <bd3/io/atomic_file.hpp>
+#include <bd3/io/json.hpp>
 #include <bd3/text/detail/bpe_tables.hpp>
 #include <bd3/text/detail/byte_level.hpp>
 #include <bd3/text/detail/files.hpp>
@@ -188,6 +189,7 @@ class Gpt2Model {
 
  private:
   static constexpr size_t kSmallPiece = 64;
+  static constexpr size_t kHugePiece = size_t{1} << 16;
 
   void encode_ordinary(std::string_view text, Gpt2EncodeState& st,
                        std::vector<int32_t>& out) const {
@@ -200,7 +202,7 @@ class Gpt2Model {
       const size_t before = out.size();
       if (piece.size() <= kSmallPiece)
         merge_small(piece, st, out);
-      else
+      else if (piece.size() < kHugePiece || !merge_huge(piece, out))
         merge_large(piece, st, out);
       st.cache.store(piece, out.data() + before, out.size() - before);
     });
@@ -234,6 +236,22 @@ class Gpt2Model {
       if (best > 0) rank[best - 1] = table_.rank(sym[best - 1], sym[best]);
     }
     out.insert(out.end(), sym.begin(), sym.begin() + static_cast<ptrdiff_t>(len));
+  }
+
+  // Merges the symbol at i of the linked list (sym, next, prev; merged-away symbols are -1)
+  // with the next one when that pair still has rank r; false for a stale entry.
+  bool merge_at(uint32_t i, uint32_t r, std::vector<int32_t>& sym, std::vector<uint32_t>& next,
+                std::vector<uint32_t>& prev) const {
+    const uint32_t n = static_cast<uint32_t>(sym.size());
+    if (sym[i] < 0 || next[i] >= n) return false;
+    const uint32_t j = next[i];
+    const MergeTable::Entry* e = table_.find(sym[i], sym[j]);
+    if (e == nullptr || e->rank != r) return false;
+    sym[i] = e->merged;
+    sym[j] = -1;
+    next[i] = next[j];
+    if (next[i] < n) prev[next[i]] = i;
+    return true;
   }
 
   // Heap of (rank, position) over a doubly linked list of symbols: O(n log n) for any
@@ -271,18 +289,60 @@ class Gpt2Model {
       const uint64_t top = heap.back();
       heap.pop_back();
       const uint32_t i = static_cast<uint32_t>(top), r = static_cast<uint32_t>(top >> 32);
-      if (sym[i] < 0 || next[i] >= n) continue;
-      const uint32_t j = next[i];
-      const MergeTable::Entry* e = table_.find(sym[i], sym[j]);
-      if (e == nullptr || e->rank != r) continue;
-      sym[i] = e->merged;
-      sym[j] = -1;
-      next[i] = next[j];
-      if (next[i] < n) prev[next[i]] = i;
+      if (!merge_at(i, r, sym, next, prev)) continue;
       if (prev[i] < n) push(prev[i]);
       if (next[i] < n) push(i);
     }
     for (uint32_t i = 0; i < n; i = next[i]) out.push_back(sym[i]);
+  }
+
+  // The same merges as merge_large for a huge piece (a megabyte-long word), without the
+  // heap's cache misses: one bucket of positions per rank, processed in rank order, each
+  // left to right, which is the heap's (rank, position) order as long as every pair a
+  // merge creates ranks after the merge itself (true of trained BPE tables, where a token
+  // only joins merges learned after it). Returns false, having output nothing, when a
+  // table breaks that order; merge_large then does the piece.
+  bool merge_huge(std::string_view piece, std::vector<int32_t>& out) const {
+    const uint32_t n = static_cast<uint32_t>(piece.size());
+    std::vector<int32_t> sym(n);
+    std::vector<uint32_t> next(n), prev(n);
+    struct Bucket {
+      std::vector<uint32_t> pos;
+      bool sorted = true;
+    };
+    std::vector<Bucket> buckets(merges_.size());
+    auto push = [&](uint32_t i, uint32_t r) {
+      Bucket& b = buckets[r];
+      if (!b.pos.empty() && i < b.pos.back()) b.sorted = false;
+      b.pos.push_back(i);
+    };
+    for (uint32_t i = 0; i < n; ++i) {
+      sym[i] = byte_id_[static_cast<unsigned char>(piece[i])];
+      next[i] = i + 1;
+      prev[i] = i - 1;  // wraps for i == 0: "no previous"
+    }
+    for (uint32_t i = 0; i + 1 < n; ++i) {
+      const uint32_t r = table_.rank(sym[i], sym[i + 1]);
+      if (r != kNoRank) push(i, r);
+    }
+    for (uint32_t cur = 0; cur < buckets.size(); ++cur) {
+      Bucket& b = buckets[cur];
+      if (b.pos.empty()) continue;
+      if (!b.sorted) std::sort(b.pos.begin(), b.pos.end());
+      for (uint32_t i : b.pos) {
+        if (!merge_at(i, cur, sym, next, prev)) continue;
+        for (uint32_t k : {prev[i], i}) {
+          if (k >= n || next[k] >= n) continue;
+          const uint32_t r = table_.rank(sym[k], sym[next[k]]);
+          if (r == kNoRank) continue;
+          if (r <= cur) return false;  // out of order: leave it to the heap
+          push(k, r);
+        }
+      }
+      std::vector<uint32_t>().swap(b.pos);
+    }
+    for (uint32_t i = 0; i < n; i = next[i]) out.push_back(sym[i]);
+    return true;
   }
 
   std::string data_;
@@ -499,6 +559,7 @@ class Gpt2Tokenizer {
                                                   const std::string& source = "tokenizer.json") {
     using nlohmann::json;
     if (text.size() > kMaxTokenizerFileBytes) fail(source + " is too large");
+    io::check_json_depth(text, source);
     json root;
     try {
       root = json::parse(text.begin(), text.end());
@@ -718,13 +779,52 @@ class Gpt2Tokenizer {
     return out;
   }
 
-  // Writes dir/vocab.json and dir/merges.txt (each atomically), creating dir if needed.
+  // True when vocab.json + merges.txt describe this tokenizer exactly. They cannot mark
+  // special tokens: on reading, only <|endoftext|> is special, so a tokenizer.json with
+  // other added tokens (or <|endoftext|> twice) needs tokenizer_json().
+  bool fits_gpt2_files() const {
+    const auto& specials = m_->specials();
+    return specials.size() == 1 && specials[0].first == kEndOfText;
+  }
+
+  // A Hugging Face tokenizer.json (byte-level BPE: model.vocab, model.merges as pairs,
+  // special tokens in added_tokens) that from_tokenizer_json_string reads back exactly.
+  std::string tokenizer_json() const {
+    nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
+    for (int32_t id = 0; id < vocab_size(); ++id) {
+      std::string_view t = m_->token(id);
+      if (m_->is_special(id))
+        added.push_back({{"id", id}, {"content", std::string(t)}, {"special", true}});
+      else
+        vocab[detail::to_byte_level(t)] = id;
+    }
+    nlohmann::json merges = nlohmann::json::array();
+    for (auto [a, b] : m_->merges())
+      merges.push_back({detail::to_byte_level(m_->token(a)), detail::to_byte_level(m_->token(b))});
+    const nlohmann::json root = {
+        {"version", "1.0"},
+        {"added_tokens", std::move(added)},
+        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
+        {"model", {{"type", "BPE"}, {"vocab", std::move(vocab)}, {"merges", std::move(merges)}}}};
+    return root.dump(1, ' ', true) + "\n";
+  }
+
+  // Writes dir/vocab.json and dir/merges.txt (each atomically), creating dir if needed;
+  // dir/tokenizer.json instead when those files cannot describe it (fits_gpt2_files).
   void save(const std::filesystem::path& dir) const {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) fail_io("cannot create directory " + dir.string() + ": " + ec.message());
-    io::write_file_atomic(dir / "vocab.json", vocab_json());
-    io::write_file_atomic(dir / "merges.txt", merges_txt());
+    if (fits_gpt2_files()) {
+      io::write_file_atomic(dir / "vocab.json", vocab_json());
+      io::write_file_atomic(dir / "merges.txt", merges_txt());
+      return;
+    }
+    // Tokenizer::load_from prefers vocab.json + merges.txt: old ones would win.
+    if (std::filesystem::exists(dir / "vocab.json") || std::filesystem::exists(dir / "merges.txt"))
+      fail(dir.string() + " already holds vocab.json or merges.txt, which cannot describe " +
+           "this tokenizer's special tokens (it is saved as tokenizer.json)");
+    io::write_file_atomic(dir / "tokenizer.json", tokenizer_json());
   }
 
  private:

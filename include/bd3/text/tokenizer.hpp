@@ -1,7 +1,8 @@
 #pragma once
 // Tokenizer: the byte tokenizer or a GPT-2 byte-level BPE behind one value type, and how
 // a model checkpoint directory records which one it uses:
-//   - BPE:   DIR/vocab.json + DIR/merges.txt (GPT-2's formats);
+//   - BPE:   DIR/vocab.json + DIR/merges.txt (GPT-2's formats), or DIR/tokenizer.json when
+//            it has special tokens other than <|endoftext|> (Gpt2Tokenizer::save);
 //   - bytes: DIR/tokenizer.json containing {"type":"bytes"}.
 // load_from() also accepts a Hugging Face tokenizer.json of a byte-level BPE model.
 //
@@ -11,6 +12,7 @@
 // mask_id() == 258 and model_vocab_size() == 259.
 #include <bd3/error.hpp>
 #include <bd3/io/atomic_file.hpp>
+#include <bd3/io/json.hpp>
 #include <bd3/text/byte_tokenizer.hpp>
 #include <bd3/text/detail/files.hpp>
 #include <bd3/text/gpt2_tokenizer.hpp>
@@ -135,6 +137,7 @@ class Tokenizer {
   static bool is_bytes_marker(const std::filesystem::path& path) {
     if (!std::filesystem::exists(path)) return false;
     const std::string text = detail::read_file(path, kMaxTokenizerFileBytes, "tokenizer file");
+    io::check_json_depth(text, path.string());
     nlohmann::json j;
     try {
       j = nlohmann::json::parse(text);

@@ -14,6 +14,7 @@
 #include <bd3/error.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <numbers>
@@ -119,12 +120,8 @@ inline double gradient_norm(std::span<const float> grad) {
   return std::sqrt(total);
 }
 
-// Scales grad so that its norm is at most max_norm (torch.nn.utils.clip_grad_norm_:
-// coefficient max_norm / (norm + 1e-6), applied only when below 1). Returns the norm
-// before clipping. max_norm <= 0 disables clipping.
-inline double clip_gradient(std::span<float> grad, double max_norm) {
-  const double norm = gradient_norm(grad);
-  if (!std::isfinite(norm)) throw Error(ErrorKind::numerical, "gradient norm is not finite (" + std::to_string(norm) + ")");
+// The scaling step of clip_gradient, for a caller that already has the (finite) norm.
+inline void scale_gradient_to_norm(std::span<float> grad, double max_norm, double norm) {
   if (max_norm > 0.0) {
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1.0) {
@@ -132,7 +129,33 @@ inline double clip_gradient(std::span<float> grad, double max_norm) {
       for (auto& g : grad) g *= c;
     }
   }
+}
+
+// Scales grad so that its norm is at most max_norm (torch.nn.utils.clip_grad_norm_:
+// coefficient max_norm / (norm + 1e-6), applied only when below 1). Returns the norm
+// before clipping. max_norm <= 0 disables clipping.
+inline double clip_gradient(std::span<float> grad, double max_norm) {
+  const double norm = gradient_norm(grad);
+  if (!std::isfinite(norm)) throw Error(ErrorKind::numerical, "gradient norm is not finite (" + std::to_string(norm) + ")");
+  scale_gradient_to_norm(grad, max_norm, norm);
   return norm;
+}
+
+// The index of the first NaN or infinity in `values`, or -1 when every value is finite.
+// Checked every training step over all the weights, so the scan is an integer test of the
+// exponent bits (all ones: NaN or infinity) that the compiler vectorizes.
+inline int64_t first_non_finite(std::span<const float> values) {
+  constexpr size_t chunk = 4096;
+  for (size_t lo = 0; lo < values.size(); lo += chunk) {
+    const size_t hi = std::min(values.size(), lo + chunk);
+    uint32_t any = 0;
+    for (size_t i = lo; i < hi; ++i)
+      any |= uint32_t((std::bit_cast<uint32_t>(values[i]) & 0x7f800000u) == 0x7f800000u);
+    if (any)
+      for (size_t i = lo; i < hi; ++i)
+        if (!std::isfinite(values[i])) return int64_t(i);
+  }
+  return -1;
 }
 
 // ---- EMA of the weights ----------------------------------------------------------------

@@ -13,6 +13,9 @@
 //      loss_and_gradient accumulates the gradient of the mean loss;
 //   3. the gradient is averaged over the micro-batches, clipped to grad_clip (norm),
 //      AdamW updates the weights at lr(s), the EMA follows.
+//   A NaN/Inf loss, gradient norm or updated weight throws ErrorKind::numerical naming the
+//   step (1-based) before the EMA or any checkpoint sees it; the trainer then refuses to
+//   continue, and to save broken weights.
 // Every random number is a function of (seed, s, ...) and the data position is a
 // counter, so a run resumed from a checkpoint repeats exactly what the uninterrupted run
 // would have done (given the same thread count).
@@ -31,6 +34,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <optional>
 #include <span>
@@ -130,8 +134,10 @@ class Trainer {
   StepResult train_step() {
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
+    if (failed_) fail_usage("Trainer: a numerical error stopped this run (" + failure_ + "); it cannot continue");
     StepResult r;
     r.step = state_.step;
+    const int64_t samples_before = state_.samples_seen;
     if (options_.clip_search && state_.step > 0 && state_.step % options_.clip_every == 0) r.clip = run_clip_search();
     const auto& c = model_.config();
     const int L = c.model_length, B = options_.batch;
@@ -152,10 +158,23 @@ class Trainer {
       for (auto& g : grads_) g *= inv;
     }
     r.loss = loss / options_.accumulate;
-    if (!std::isfinite(r.loss)) throw Error(ErrorKind::numerical, "training loss is not finite at step " + std::to_string(state_.step));
-    r.grad_norm = clip_gradient(grads_, options_.grad_clip);
+    // Numerical guards: a non-finite loss, gradient norm or updated weight stops training
+    // before anything is published; see numerical_failure().
+    if (!std::isfinite(r.loss)) numerical_failure(samples_before, "the loss is " + number_text(r.loss));
+    r.grad_norm = gradient_norm(grads_);
+    if (!std::isfinite(r.grad_norm))
+      numerical_failure(samples_before,
+                        "the gradient norm is " + number_text(r.grad_norm) + " (loss " + number_text(r.loss) + ")");
+    scale_gradient_to_norm(grads_, options_.grad_clip, r.grad_norm);
     r.lr = options_.lr_schedule().at(state_.step);
     adamw_step(model_.parameters(), grads_, adam_, options_.adamw, r.lr);
+    if (const int64_t bad = first_non_finite(model_.parameters()); bad >= 0) {
+      weights_broken_ = true;
+      numerical_failure(samples_before, "the update made weight " + std::to_string(bad) + " (tensor " +
+                                            tensor_of(bad) + ") " +
+                                            number_text(model_.parameters()[size_t(bad)]) + " (learning rate " +
+                                            number_text(r.lr) + ")");
+    }
     model_.parameters_changed();
     ema_.update(model_.parameters());
     r.tokens = int64_t(B) * options_.accumulate * L;
@@ -207,8 +226,12 @@ class Trainer {
 
   // Writes a checkpoint of the current state into out_dir (crash-safe, see
   // trainer_state.hpp); returns its directory.
+  // Refused after a numerical error, so a checkpoint never holds weights from a diverged
+  // step.
   std::filesystem::path save(const std::filesystem::path& out_dir, const text::Tokenizer* tokenizer,
                              const std::function<void()>& after_rename_hook = {}) const {
+    if (failed_ && weights_broken_)
+      fail_usage("Trainer: not saving weights broken by a numerical error (" + failure_ + ")");
     return commit_checkpoint(
         out_dir, state_.step,
         [&](const std::filesystem::path& dir) {
@@ -219,6 +242,32 @@ class Trainer {
   }
 
  private:
+  static std::string number_text(double v) {
+    if (std::isnan(v)) return "NaN";
+    if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.6g", v);
+    return buf;
+  }
+
+  std::string tensor_of(int64_t index) const {
+    for (const auto& e : model_.layout().entries())
+      if (index >= e.offset && index < e.offset + e.size) return e.name;
+    return "?";
+  }
+
+  // Throws the numerical error of the step being done (1-based, as metrics.jsonl counts).
+  // A loss or gradient failure leaves the trainer at the end of the previous step (the
+  // data position is rewound, weights and moments were not touched); a weight failure
+  // leaves broken weights, which save() then refuses. Either way train_step() refuses to
+  // go on.
+  [[noreturn]] void numerical_failure(int64_t samples_before, const std::string& what) {
+    state_.samples_seen = samples_before;
+    failed_ = true;
+    failure_ = "step " + std::to_string(state_.step + 1) + ": " + what;
+    throw Error(ErrorKind::numerical, "training diverged at " + failure_);
+  }
+
   void restore(const std::vector<float>& saved) {
     std::copy(saved.begin(), saved.end(), model_.parameters().begin());
     model_.parameters_changed();
@@ -267,6 +316,8 @@ class Trainer {
   TrainScratch<float> scratch_;
   std::vector<int64_t> order_;
   int64_t order_epoch_ = -1;
+  bool failed_ = false, weights_broken_ = false;
+  std::string failure_;
 };
 
 }  // namespace bd3::train

@@ -46,19 +46,42 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace bd3::train {
 
 namespace fs = std::filesystem;
+
+namespace detail {
+
+// object[key] as an Int. nlohmann's get<Int>() would truncate a fraction (undefined
+// behaviour when it is out of range) and wrap a value that does not fit. A missing key or a
+// non-object throws nlohmann's exception, as at() does.
+template <class Int>
+Int json_integer(const nlohmann::json& object, const char* key, const std::string& where) {
+  const auto& v = object.at(key);
+  if (v.is_number_unsigned() && std::in_range<Int>(v.get<uint64_t>())) return Int(v.get<uint64_t>());
+  if (v.is_number_integer() && !v.is_number_unsigned() && std::in_range<Int>(v.get<int64_t>()))
+    return Int(v.get<int64_t>());
+  fail(where + ": \"" + key + "\" must be an integer in [" +
+       std::to_string(std::numeric_limits<Int>::min()) + ", " +
+       std::to_string(std::numeric_limits<Int>::max()) + "]");
+}
+
+}  // namespace detail
 
 // Every hyper-parameter of a run (the model's shape is in ModelConfig).
 struct TrainOptions {
@@ -99,6 +122,8 @@ struct TrainOptions {
     if (max_resample_tries < 1) fail_usage("max resample tries must be >= 1");
     if (clip_search && clip_every < 1) fail_usage("--clip-every must be >= 1");
     if (clip_search && clip_batches < 1) fail_usage("--clip-batches must be >= 1");
+    if (clip_search) (void)clip_candidates(clip, 2);  // checks --clip-widths now, not at the first search
+    if (std::isnan(grad_clip)) fail_usage("--grad-clip must be a number (<= 0: off)");
     if (!(val_fraction >= 0.0 && val_fraction < 1.0)) fail_usage("--val-fraction must be in [0, 1)");
   }
 
@@ -132,19 +157,20 @@ struct TrainOptions {
   }
 
   static TrainOptions from_json(const nlohmann::json& j) {
+    static const std::string kWhere = "trainer_state.json: bad hyper-parameters";
     TrainOptions o;
     try {
       o.noise = j.at("noise").get<std::string>();
-      o.batch = j.at("batch").get<int>();
-      o.accumulate = j.at("accumulate").get<int>();
-      o.steps = j.at("steps").get<int64_t>();
-      o.seed = j.at("seed").get<uint64_t>();
+      o.batch = detail::json_integer<int>(j, "batch", kWhere);
+      o.accumulate = detail::json_integer<int>(j, "accumulate", kWhere);
+      o.steps = detail::json_integer<int64_t>(j, "steps", kWhere);
+      o.seed = detail::json_integer<uint64_t>(j, "seed", kWhere);
       o.adamw.lr = j.at("lr").get<double>();
       o.adamw.beta1 = j.at("beta1").get<double>();
       o.adamw.beta2 = j.at("beta2").get<double>();
       o.adamw.eps = j.at("adam_eps").get<double>();
       o.adamw.weight_decay = j.at("weight_decay").get<double>();
-      o.warmup = j.at("warmup").get<int64_t>();
+      o.warmup = detail::json_integer<int64_t>(j, "warmup", kWhere);
       const auto shape = j.at("lr_schedule").get<std::string>();
       if (shape != "constant" && shape != "cosine") fail("unknown lr_schedule '" + shape + "'");
       o.lr_shape = shape == "constant" ? LrShape::constant : LrShape::cosine;
@@ -155,10 +181,10 @@ struct TrainOptions {
       o.interval.eps_min = j.at("eps_min").get<double>();
       o.interval.eps_max = j.at("eps_max").get<double>();
       o.resample = j.at("resample").get<bool>();
-      o.max_resample_tries = j.at("max_resample_tries").get<int>();
+      o.max_resample_tries = detail::json_integer<int>(j, "max_resample_tries", kWhere);
       o.clip_search = j.at("clip_search").get<bool>();
-      o.clip_every = j.at("clip_every").get<int64_t>();
-      o.clip_batches = j.at("clip_batches").get<int>();
+      o.clip_every = detail::json_integer<int64_t>(j, "clip_every", kWhere);
+      o.clip_batches = detail::json_integer<int>(j, "clip_batches", kWhere);
       o.clip.widths = j.at("clip_widths").get<std::vector<double>>();
       o.clip.delta = j.at("clip_delta").get<double>();
       o.clip.resample = o.resample;
@@ -166,6 +192,13 @@ struct TrainOptions {
       o.val_fraction = j.at("val_fraction").get<double>();
     } catch (const nlohmann::json::exception& e) {
       fail(std::string("trainer_state.json: bad hyper-parameters: ") + e.what());
+    }
+    // As the command line's: out-of-range values (e.g. warmup < 0) would overflow the
+    // learning-rate schedule's arithmetic.
+    try {
+      o.validate();
+    } catch (const Error& e) {
+      fail(kWhere + ": " + e.what());
     }
     return o;
   }
@@ -212,13 +245,13 @@ struct TrainerState {
     try {
       if (j.at("format") != "bd3-trainer-state") fail(source + ": not a bd3 trainer state");
       if (j.at("version") != 1) fail(source + ": unsupported trainer state version " + j.at("version").dump());
-      s.step = j.at("step").get<int64_t>();
-      s.samples_seen = j.at("samples_seen").get<int64_t>();
+      s.step = detail::json_integer<int64_t>(j, "step", source);
+      s.samples_seen = detail::json_integer<int64_t>(j, "samples_seen", source);
       s.interval.eps_min = j.at("interval").at(0).get<double>();
       s.interval.eps_max = j.at("interval").at(1).get<double>();
-      s.adam_step = j.at("adam_step").get<int64_t>();
-      s.ema_updates = j.at("ema_updates").get<int64_t>();
-      s.tokens_seen = j.at("tokens_seen").get<int64_t>();
+      s.adam_step = detail::json_integer<int64_t>(j, "adam_step", source);
+      s.ema_updates = detail::json_integer<int64_t>(j, "ema_updates", source);
+      s.tokens_seen = detail::json_integer<int64_t>(j, "tokens_seen", source);
       s.elapsed_seconds = j.at("elapsed_seconds").get<double>();
       s.options = TrainOptions::from_json(j.at("options"));
       if (j.contains("extra")) s.extra = j.at("extra");
@@ -252,7 +285,7 @@ class DirectoryLock {
     if (ec) fail_io("cannot create " + dir.string() + ": " + ec.message());
     const auto path = dir / ".lock";
     fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail_io("cannot open " + path.string());
+    if (fd_ < 0) fail_io("cannot open " + path.string() + ": " + std::strerror(errno));
     if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
       ::close(fd_);
       fd_ = -1;
@@ -275,21 +308,25 @@ struct CheckpointPointer {
   int64_t step = 0;
 };
 
+// checkpoint.json (parsed); `source` names it in messages.
+inline CheckpointPointer parse_checkpoint_pointer(const nlohmann::json& j, const std::string& source) {
+  CheckpointPointer p;
+  try {
+    if (j.at("format") != "bd3-checkpoint-pointer") fail(source + ": not a bd3 checkpoint pointer");
+    p.current = j.at("current").get<std::string>();
+    p.step = detail::json_integer<int64_t>(j, "step", source);
+  } catch (const nlohmann::json::exception& e) {
+    fail(source + ": " + e.what());
+  }
+  if (p.current.empty() || p.current.find('/') != std::string::npos || p.current == "." || p.current == "..")
+    fail(source + ": bad checkpoint name '" + p.current + "'");
+  return p;
+}
+
 inline std::optional<CheckpointPointer> read_pointer(const fs::path& out_dir) {
   const auto path = out_dir / kPointerFile;
   if (!fs::exists(path)) return std::nullopt;
-  auto j = read_json_file(path, 1 << 20);
-  CheckpointPointer p;
-  try {
-    if (j.at("format") != "bd3-checkpoint-pointer") fail(path.string() + ": not a bd3 checkpoint pointer");
-    p.current = j.at("current").get<std::string>();
-    p.step = j.at("step").get<int64_t>();
-  } catch (const nlohmann::json::exception& e) {
-    fail(path.string() + ": " + e.what());
-  }
-  if (p.current.empty() || p.current.find('/') != std::string::npos || p.current == "." || p.current == "..")
-    fail(path.string() + ": bad checkpoint name '" + p.current + "'");
-  return p;
+  return parse_checkpoint_pointer(read_json_file(path, 1 << 20), path.string());
 }
 
 // The directory holding a model: DIR itself when it has config.json, else the checkpoint
@@ -323,7 +360,12 @@ inline fs::path commit_checkpoint(const fs::path& out_dir, int64_t step,
   if (ec) fail_io("cannot remove " + partial.string() + ": " + ec.message());
   fs::create_directories(partial, ec);
   if (ec) fail_io("cannot create " + partial.string() + ": " + ec.message());
-  write_files(partial);
+  try {
+    write_files(partial);
+  } catch (...) {
+    fs::remove_all(partial, ec);  // best effort: give the space back (a full disk), leave no debris
+    throw;
+  }
   io::detail::fsync_directory(partial);
   const auto final_dir = out_dir / name;
   fs::remove_all(final_dir, ec);  // a stale directory of this step that the pointer does not name
@@ -372,9 +414,11 @@ inline void write_trainer_tensors(const fs::path& path, const ParameterLayout& l
   io::write_safetensors(path, tensors, {{"format", "bd3-trainer-state"}});
 }
 
-inline void read_trainer_tensors(const fs::path& path, const ParameterLayout& layout, std::vector<float>& weights,
-                                 std::vector<float>& m, std::vector<float>& v) {
-  auto file = io::SafetensorsFile::open(path);
+// The tensors of trainer_state.safetensors (already opened and validated) into the three
+// flat buffers of `layout`.
+inline void read_trainer_tensors(const io::SafetensorsFile& file, const ParameterLayout& layout,
+                                 std::vector<float>& weights, std::vector<float>& m, std::vector<float>& v) {
+  const std::string& source = file.source_name();
   const size_t n = size_t(layout.total());
   weights.assign(n, 0.0f), m.assign(n, 0.0f), v.assign(n, 0.0f);
   for (const auto& e : layout.entries()) {
@@ -383,11 +427,16 @@ inline void read_trainer_tensors(const fs::path& path, const ParameterLayout& la
                                {"exp_avg_sq/", &v}}) {
       const std::string key = prefix + e.name;
       const auto* info = file.find(key);
-      if (!info) fail(path.string() + ": missing tensor " + key);
-      if (info->shape != e.shape) fail(path.string() + ": tensor " + key + " has the wrong shape");
+      if (!info) fail(source + ": missing tensor " + key);
+      if (info->shape != e.shape) fail(source + ": tensor " + key + " has the wrong shape");
       file.load_float_into(key, std::span<float>(*buf).subspan(size_t(e.offset), size_t(e.size)));
     }
   }
+}
+
+inline void read_trainer_tensors(const fs::path& path, const ParameterLayout& layout, std::vector<float>& weights,
+                                 std::vector<float>& m, std::vector<float>& v) {
+  read_trainer_tensors(io::SafetensorsFile::open(path), layout, weights, m, v);
 }
 
 // Everything a checkpoint holds, in memory.

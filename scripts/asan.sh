@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer (the asan
+# preset: our own targets instrumented, -fno-sanitize-recover, leak checking on).
+# Usage: scripts/asan.sh [ctest-args...]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$root/build/asan
+"$root/scripts/deps.sh"
+export BD3_CORPUS=${BD3_CORPUS:-$build/corpus/kjv.txt}
+"$root/scripts/get_corpus.sh" "$BD3_CORPUS"
+cd "$root"
+cmake --preset asan >/dev/null
+cmake --build build/asan -j "$(nproc)"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+cd "$build"
+ctest --output-on-failure -j "$(nproc)" "$@"

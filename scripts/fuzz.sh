@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (CMake preset "fuzz": clang, ASan + UBSan) and runs each one,
+# one after another, on a copy of its seed corpus (fuzz/corpus/<target>) kept in
+# out/fuzz/<target>/corpus (it grows from run to run). Logs: out/fuzz/<target>.log; one
+# JSON line per target is appended to out/fuzz/summary.jsonl. Exits 1 when any target
+# found something (crash, leak, timeout, out-of-memory, UBSan report), 2 for bad usage.
+#
+# Usage: scripts/fuzz.sh [--seconds S | --runs N] [target...]
+#   --seconds S   run each target for S seconds (default 60)
+#   --runs N      run each target for N executions instead
+#   target        fuzz_safetensors, ... or just safetensors (default: every fuzz/fuzz_*.cpp)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
+seconds=60
+runs=""
+targets=()
+while (($#)); do
+  case "$1" in
+    --seconds) seconds=${2:?--seconds needs a value}; runs=""; shift 2 ;;
+    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    -*) echo "fuzz.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) targets+=("fuzz_${1#fuzz_}"); shift ;;
+  esac
+done
+[[ "$seconds" =~ ^[0-9]+$ ]] || { echo "fuzz.sh: --seconds needs an integer" >&2; exit 2; }
+[[ -z "$runs" || "$runs" =~ ^[0-9]+$ ]] || { echo "fuzz.sh: --runs needs an integer" >&2; exit 2; }
+
+all=()
+for f in fuzz/fuzz_*.cpp; do all+=("$(basename "$f" .cpp)"); done
+((${#targets[@]})) || targets=("${all[@]}")
+for t in "${targets[@]}"; do
+  [[ " ${all[*]} " == *" $t "* ]] || { echo "fuzz.sh: no target $t (have: ${all[*]})" >&2; exit 2; }
+done
+
+# clang 14 with libFuzzer (libclang-rt-14-dev) and its OpenMP runtime (libomp-dev).
+scripts/deps.sh clang libclang-rt-14-dev libomp-dev
+cmake --preset fuzz >/dev/null
+cmake --build build/fuzz -j 2 --target "${targets[@]}"
+
+# Largest input each target is given: the JSON targets need room for deep nesting.
+max_len_of() {
+  case "$1" in
+    fuzz_token_cache) echo 8192 ;;
+    fuzz_encode_decode) echo 16384 ;;
+    fuzz_gpt2_merges) echo 32768 ;;
+    *) echo 65536 ;;
+  esac
+}
+
+mkdir -p out/fuzz
+status=0
+for t in "${targets[@]}"; do
+  dir=out/fuzz/$t
+  mkdir -p "$dir/corpus"
+  cp -n fuzz/corpus/"$t"/* "$dir/corpus/" 2>/dev/null || true
+  args=("$dir/corpus" -rss_limit_mb=2048 -timeout=10 -max_len="$(max_len_of "$t")"
+    -print_final_stats=1 -artifact_prefix="$dir/")
+  [[ -f fuzz/$t.dict ]] && args+=(-dict="fuzz/$t.dict")
+  if [[ -n "$runs" ]]; then
+    args+=(-runs="$runs")
+    limit="$runs runs"
+  else
+    args+=(-max_total_time="$seconds")
+    limit="$seconds s"
+  fi
+  echo "fuzz.sh: $t ($limit) -> $dir.log" >&2
+  start=$(date +%s.%N)
+  rc=0
+  build/fuzz/"$t" "${args[@]}" >"$dir.log" 2>&1 || rc=$?
+  end=$(date +%s.%N)
+  stat() { grep -o "^stat::$1: *[0-9.]*" "$dir.log" | tail -1 | awk '{print $2}'; }
+  execs=$(stat number_of_executed_units)
+  rss=$(stat peak_rss_mb)
+  elapsed=$(awk -v a="$start" -v b="$end" 'BEGIN{printf "%.1f", b - a}')
+  rate=$(awk -v n="${execs:-0}" -v s="$elapsed" 'BEGIN{printf "%.0f", (s > 0 ? n / s : 0)}')
+  if ((rc == 0)); then
+    result=ok
+  else
+    status=1
+    result=$(grep -o "Test unit written to [^ ]*" "$dir.log" | tail -1 | sed 's/Test unit written to //')
+    result=${result:-"exit code $rc, see $dir.log"}
+  fi
+  printf '{"target": "%s", "executions": %s, "seconds": %s, "exec_per_s": %s, "peak_rss_mb": %s, "result": "%s", "date": "%s"}\n' \
+    "$t" "${execs:-0}" "$elapsed" "$rate" "${rss:-0}" "$result" "$(date -u +%FT%TZ)" >>out/fuzz/summary.jsonl
+  echo "fuzz.sh: $t: ${execs:-0} executions in $elapsed s ($rate/s), peak RSS ${rss:-0} MB: $result" >&2
+done
+exit $status

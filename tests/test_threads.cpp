@@ -1,0 +1,150 @@
+// The threaded code paths, at sizes above every OpenMP threshold of the library (the
+// parallel regions of model.hpp, backward.hpp, attention*.hpp, nelbo.hpp, gemm.hpp and
+// optimizer.hpp switch on above 32768-4M elements), give the results of one thread.
+// Under ThreadSanitizer (the tsan preset, scripts/tsan.sh) this file is what exercises
+// every parallel region for data races.
+#include <catch2/catch.hpp>
+
+#include <bd3/bd3.hpp>
+#include <bd3/train/backward.hpp>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+using namespace bd3;
+
+namespace {
+
+using Model =
+    BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, float>;
+
+// One layer of hidden 128 on 2 x 128 tokens: the [xt, x0] pass has N = 512 rows, so
+// N*D = 65536 > 32768, N*in*out = 8.4M > 4M, and the 200k parameters exceed 65536.
+ModelConfig threaded_config() {
+  ModelConfig c;
+  c.vocab_size = 300, c.mask_index = 299, c.model_length = 128, c.block_size = 4;
+  c.hidden_dim = 128, c.n_heads = 2, c.n_blocks = 1, c.cond_dim = 32;
+  c.validate();
+  return c;
+}
+
+Model random_model(const ModelConfig& c, uint64_t seed) {
+  Model m(c);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> u(-0.1, 0.1);
+  for (auto& p : m.parameters()) p = float(u(rng));
+  m.parameters_changed();
+  return m;
+}
+
+// Runs f with n OpenMP threads, then restores the previous count.
+template <class F>
+auto with_threads(int n, F&& f) {
+  const int before = omp_get_max_threads();
+  omp_set_num_threads(n);
+  auto r = f();
+  omp_set_num_threads(before);
+  return r;
+}
+
+// max |a - b| / max(1, max |b|): the threads change only the order of float sums.
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double diff = 0, scale = 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, double(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, double(std::fabs(b[i])));
+  }
+  return diff / scale;
+}
+
+struct StepResult {
+  std::vector<float> logits, grads, params;
+  double loss = 0;
+};
+
+// One training step: forward over [xt, x0], SUBS NELBO, backward, AdamW.
+StepResult train_step(const ModelConfig& c, uint64_t seed) {
+  Model model = random_model(c, seed);
+  const int batch = 2, L = c.model_length;
+  std::mt19937_64 rng(seed + 1);
+  std::vector<int32_t> x0(size_t(batch) * L), xt;
+  for (auto& x : x0) x = int32_t(rng() % uint64_t(c.vocab_size - 1));
+  xt = x0;
+  for (size_t i = 0; i < xt.size(); ++i)
+    if (i % size_t(L) != 0 && rng() % 2) xt[i] = c.mask_index;
+  std::vector<double> weight(xt.size(), 2.0);
+  StepResult r;
+  r.grads.assign(model.parameters().size(), 0.0f);
+  TrainScratch<float> scratch;
+  r.loss = loss_and_gradient(model, xt, x0, batch, weight, r.grads, Dropout{}, &scratch);
+  r.logits = scratch.act.logits;
+  train::AdamWState state;
+  state.reset(r.grads.size());
+  train::AdamWOptions o;
+  o.lr = 1e-3, o.weight_decay = 0.1;
+  std::vector<float> params(model.parameters().begin(), model.parameters().end());
+  train::adamw_step(params, r.grads, state, o, o.lr);
+  r.params = std::move(params);
+  return r;
+}
+
+// Cached decoding: commit two clean blocks per sequence, then denoise a third.
+std::vector<float> decode(const ModelConfig& c, uint64_t seed) {
+  Model model = random_model(c, seed);
+  const int batch = 16, Bp = c.block_size;
+  KVCache<float> cache(c, batch);
+  std::vector<int32_t> block(size_t(batch) * Bp);
+  std::mt19937_64 rng(seed + 2);
+  std::vector<float> logits;
+  for (int k = 0; k < 3; ++k) {
+    for (auto& x : block) x = int32_t(rng() % uint64_t(c.vocab_size - 1));
+    if (k < 2)
+      model.commit_block(block, cache);
+    else
+      model.forward_block(block, cache, logits);
+  }
+  return logits;
+}
+
+}  // namespace
+
+TEST_CASE("a training step gives one thread's numbers with 2 and 3 threads", "[threads]") {
+  const auto c = threaded_config();
+  const auto one = with_threads(1, [&] { return train_step(c, 7); });
+  for (int n : {2, 3}) {
+    INFO(n << " threads");
+    const auto many = with_threads(n, [&] { return train_step(c, 7); });
+    CHECK(std::fabs(many.loss - one.loss) <= 1e-6 * std::fabs(one.loss));
+    CHECK(rel_diff(many.logits, one.logits) <= 1e-5);
+    CHECK(rel_diff(many.grads, one.grads) <= 1e-4);
+    CHECK(rel_diff(many.params, one.params) <= 1e-5);
+  }
+}
+
+TEST_CASE("KV-cached decoding gives one thread's logits with 2 threads", "[threads]") {
+  const auto c = threaded_config();
+  const auto one = with_threads(1, [&] { return decode(c, 11); });
+  const auto two = with_threads(2, [&] { return decode(c, 11); });
+  CHECK(rel_diff(two, one) <= 1e-5);
+}
+
+TEST_CASE("batched sampling draws the same tokens with 1 and 2 threads", "[threads]") {
+  auto c = threaded_config();
+  c.model_length = 32;
+  c.validate();
+  const Model model = random_model(c, 5);
+  sample::SamplerOptions o;
+  o.method = sample::Method::threshold, o.threshold = 0.5, o.length = 40, o.batch = 4, o.seed = 3;
+  auto run = [&] {
+    sample::Sampler<Model> s(model, o);
+    std::vector<std::vector<int32_t>> ids;
+    for (auto& r : s.generate()) ids.push_back(r.ids);
+    return ids;
+  };
+  CHECK(with_threads(1, run) == with_threads(2, run));
+}
