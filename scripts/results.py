@@ -13,6 +13,7 @@ import platform
 import shutil
 import subprocess
 
+TOKENS_PER_STEP = 16 * 128  # --batch 16 --length 128 in scripts/reproduce.sh
 MODELS = [("ar", 1), ("bd3-4", 4), ("bd3-8", 8), ("bd3-16", 16), ("mdlm", 128)]
 LABEL = {"ar": "AR", "bd3-4": "BD3-LM B'=4", "bd3-8": "BD3-LM B'=8", "bd3-16": "BD3-LM B'=16",
          "mdlm": "MDLM (B'=L=128)", "bd3-4-clip": "BD3-LM B'=4, clipped", "bd3-16-clip": "BD3-LM B'=16, clipped"}
@@ -29,11 +30,14 @@ def read_jsonl(path):
 
 
 def train_summary(out, name):
-    """The last summary line of a training run, the clip-search events, the first step line."""
+    """Steps, tokens, seconds and tokens/s of a training run (its last step line), and its
+    clip-search events. The elapsed seconds are carried over resumes by the checkpoints."""
     rows = read_jsonl(os.path.join(out, "models", name, "metrics.jsonl"))
-    summary = [r for r in rows if "stopped" in r][-1]
+    last = [r for r in rows if "loss" in r][-1]
+    tokens = last["step"] * TOKENS_PER_STEP
+    summary = {"step": last["step"], "seconds": last["seconds"], "tokens": tokens,
+               "tokens_per_s": tokens / last["seconds"] if last["seconds"] > 0 else float("nan")}
     clips = [r for r in rows if r.get("event") == "clip_search"]
-    # Wall time over resumed runs: the trainer's elapsed seconds are carried in checkpoints.
     return summary, clips
 
 
@@ -224,8 +228,8 @@ def main():
     w("32 samples of 128 tokens (BOS + 127 generated) per row, one seed, KV cache on. Generative\n"
       "perplexity under the AR model of the likelihood table as judge (the paper uses GPT-2 Large; a judge\n"
       "trained on the same text flatters samples that look like that text, and it judges its own\n"
-      "samples in the AR row), unigram entropy of each sample (nats; the corpus's own 128-token\n"
-      "sequences score about the same as good samples), and NFE (denoising calls per sequence;\n"
+      "samples in the AR row), the mean unigram entropy of a sample in nats (low values flag\n"
+      "repetitive samples, which a judge can score well), and NFE (denoising calls per sequence;\n"
       "commit calls are fused into the next block's first call).\n")
     w("| model | sampler | NFE / sequence | NFE / token | gen PPL | entropy | tokens/s (batch 32) |")
     w("|---|---|---|---|---|---|---|")
