@@ -539,12 +539,14 @@ TEST_CASE("a 16 MB single line encodes in reasonable time and round-trips",
     INFO(name);
     double seconds = 0;
     // Counted, not parsed: a JSON array of ten million ids is slow to build here.
-    const std::string json = round_trip(tmp.path(), tokenizers(tmp.path())[0], text, 60 * kSlowdown, &seconds);
+    const std::string json =
+        round_trip(tmp.path(), tokenizers(tmp.path())[0], text, 60 * kSlowdown, &seconds);
     const size_t ids = size_t(std::count(json.begin(), json.end(), ',')) + 1;
     WARN(name << ": tokenize + detokenize of 16 MB in " << seconds << " s, " << ids << " tokens");
     CHECK(ids >= n / 64);  // sane: neither empty nor absurdly compressed
     CHECK(ids <= n);
-    CHECK(seconds < 30 * kSlowdown);  // a hang guard, not a speed check (docs/benchmarks.md has those)
+    CHECK(seconds <
+          30 * kSlowdown);  // a hang guard, not a speed check (docs/benchmarks.md has those)
   }
 }
 

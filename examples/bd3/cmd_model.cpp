@@ -142,7 +142,8 @@ int run_bench(const BenchOptions& o) {
   if (!(o.seconds >= 0 && o.seconds <= 86400)) fail_usage("--seconds must be in [0, 86400]");
   {
     const auto c = o.model.empty() ? preset_config(o.preset) : load_config(model_dir(o.model));
-    check_memory(o.what == "decode" ? sampling_bytes(c, o.batch, c.model_length) : training_bytes(c, o.batch),
+    check_memory(o.what == "decode" ? sampling_bytes(c, o.batch, c.model_length)
+                                    : training_bytes(c, o.batch),
                  fmt::format("bench --what {} --batch {}", o.what, o.batch));
   }
   CliModel model = o.model.empty() ? CliModel(preset_config(o.preset)) : load_model(o.model);

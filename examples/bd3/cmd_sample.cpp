@@ -78,9 +78,10 @@ int run_sample(const SampleArgs& a) {
   const fs::path dir = model_dir(a.model);  // a model directory or a training output directory
   const auto config = load_config(dir);
   // Before the weights are read: a length or batch that cannot fit is a usage error.
-  check_memory(sampling_bytes(config, a.batch, a.length_opt->count() ? a.length : config.model_length),
-               fmt::format("sampling --batch {} x --length {}", a.batch,
-                           a.length_opt->count() ? a.length : config.model_length));
+  check_memory(
+      sampling_bytes(config, a.batch, a.length_opt->count() ? a.length : config.model_length),
+      fmt::format("sampling --batch {} x --length {}", a.batch,
+                  a.length_opt->count() ? a.length : config.model_length));
   auto ck = load_checkpoint(dir);
   CliModel model(ck.config, noise);
   std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());

@@ -12,8 +12,8 @@
 #include <bd3/train/trainer.hpp>
 
 #include <fmt/core.h>
-#include <nlohmann/json.hpp>
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -40,7 +40,9 @@ using bd3::cli::CliModel;
 using Clock = std::chrono::steady_clock;
 
 volatile std::sig_atomic_t g_stop_signal = 0;
-extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal = sig;
+}
 
 std::string format_duration(double s) {
   if (!(s >= 0) || s > 1e8) return "?";
@@ -54,7 +56,10 @@ std::string format_duration(double s) {
 class Progress {
  public:
   Progress(std::string label, int64_t total, bool quiet)
-      : label_(std::move(label)), total_(std::max<int64_t>(total, 1)), tty_(::isatty(2) == 1), quiet_(quiet) {}
+      : label_(std::move(label)),
+        total_(std::max<int64_t>(total, 1)),
+        tty_(::isatty(2) == 1),
+        quiet_(quiet) {}
 
   void update(int64_t done, const std::string& detail, double eta_seconds) {
     if (quiet_) return;
@@ -67,8 +72,8 @@ class Progress {
       const int filled = int(std::min(1.0, double(done) / double(total_)) * width);
       std::string bar(size_t(filled), '=');
       if (filled < width) bar += '>' + std::string(size_t(width - filled - 1), ' ');
-      fmt::print(stderr, "\r{} {}/{} [{}] {:5.1f}% {} ETA {}\033[K", label_, done, total_, bar, pct, detail,
-                 format_duration(eta_seconds));
+      fmt::print(stderr, "\r{} {}/{} [{}] {:5.1f}% {} ETA {}\033[K", label_, done, total_, bar, pct,
+                 detail, format_duration(eta_seconds));
       std::fflush(stderr);
     } else {
       const int64_t bucket = int64_t(pct / 5.0);
@@ -101,18 +106,21 @@ class Progress {
 };
 
 // --tokenizer bytes | gpt2:DIR | DIR | bpe:N (or bpe with --tokenizer-vocab N).
-text::Tokenizer make_tokenizer(const std::string& spec, int64_t bpe_vocab, const std::vector<fs::path>& data,
-                               int threads, Progress& progress) {
+text::Tokenizer make_tokenizer(const std::string& spec, int64_t bpe_vocab,
+                               const std::vector<fs::path>& data, int threads, Progress& progress) {
   auto train_bpe = [&](int64_t n) {
     if (n < 257 || n > int64_t(text::kMaxVocabSize))
-      fail_usage(fmt::format("BPE vocabulary size must be in 257..{}, got {}", text::kMaxVocabSize, n));
+      fail_usage(
+          fmt::format("BPE vocabulary size must be in 257..{}, got {}", text::kMaxVocabSize, n));
     std::vector<std::string> contents;
-    for (const auto& f : data) contents.push_back(text::detail::read_file(f, uint64_t{4} << 30, "training data"));
+    for (const auto& f : data)
+      contents.push_back(text::detail::read_file(f, uint64_t{4} << 30, "training data"));
     std::vector<std::string_view> views(contents.begin(), contents.end());
     text::BpeTrainOptions o;
     o.vocab_size = int32_t(n);
     o.threads = threads;
-    progress.message(fmt::format("bd3 train: training a BPE tokenizer of {} tokens on the data", n));
+    progress.message(
+        fmt::format("bd3 train: training a BPE tokenizer of {} tokens on the data", n));
     return text::Tokenizer(text::train_bpe(views, o));
   };
   if (spec == "bytes") {
@@ -132,14 +140,16 @@ text::Tokenizer make_tokenizer(const std::string& spec, int64_t bpe_vocab, const
     } catch (const std::exception&) {
       fail_usage("--tokenizer bpe:N needs an integer N, got '" + spec + "'");
     }
-    if (bpe_vocab > 0 && bpe_vocab != n) fail_usage("--tokenizer-vocab differs from the N of --tokenizer bpe:N");
+    if (bpe_vocab > 0 && bpe_vocab != n)
+      fail_usage("--tokenizer-vocab differs from the N of --tokenizer bpe:N");
     return train_bpe(n);
   }
   if (bpe_vocab > 0) fail_usage("--tokenizer-vocab goes with --tokenizer bpe (or bpe:N)");
   const std::string dir = spec.starts_with("gpt2:") ? spec.substr(5) : spec;
   if (dir.empty()) fail_usage("--tokenizer: expected bytes, gpt2:DIR, DIR or bpe:N");
   if (!fs::is_directory(dir))
-    fail_usage("--tokenizer '" + spec + "': expected bytes, gpt2:DIR, DIR or bpe:N (no directory " + dir + ")");
+    fail_usage("--tokenizer '" + spec + "': expected bytes, gpt2:DIR, DIR or bpe:N (no directory " +
+               dir + ")");
   return text::Tokenizer::load_from(dir);
 }
 
@@ -214,8 +224,10 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   const fs::path out = f.out;
   const bool has_pointer = fs::exists(out / train::kPointerFile);
   if (!f.resume && has_pointer)
-    fail_usage(out.string() + " already holds a training checkpoint: add --resume, or choose another --out");
-  if (f.resume && !has_pointer) fail_usage("--resume: " + out.string() + " holds no checkpoint (checkpoint.json)");
+    fail_usage(out.string() +
+               " already holds a training checkpoint: add --resume, or choose another --out");
+  if (f.resume && !has_pointer)
+    fail_usage("--resume: " + out.string() + " holds no checkpoint (checkpoint.json)");
   train::DirectoryLock lock(out);
   Progress progress("bd3 train", f.steps, f.quiet);
   auto given = [&](const char* name) { return cmd->get_option(name)->count() > 0; };
@@ -232,8 +244,10 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     opts = ck->state.options;
     config = ck->config;
     if (data.empty()) {
-      for (const auto& p : ck->state.extra.value("data", std::vector<std::string>{})) data.emplace_back(p);
-      if (data.empty()) fail_usage("--resume: give --data (the checkpoint does not name its data files)");
+      for (const auto& p : ck->state.extra.value("data", std::vector<std::string>{}))
+        data.emplace_back(p);
+      if (data.empty())
+        fail_usage("--resume: give --data (the checkpoint does not name its data files)");
     }
     // Flags that define the run must agree with the checkpoint.
     const std::vector<Fixed> fixed = {
@@ -250,13 +264,16 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
         {"--clip-search", [](auto& o, auto&, auto& f) { return o.clip_search == f.clip_search; }},
         {"--clip-every", [](auto& o, auto&, auto& f) { return o.clip_every == f.clip_every; }},
         {"--warmup", [](auto& o, auto&, auto& f) { return o.warmup == f.warmup; }},
-        {"--cosine", [](auto& o, auto&, auto& f) { return (o.lr_shape == train::LrShape::cosine) == f.cosine; }},
-        {"--weight-decay", [](auto& o, auto&, auto& f) { return o.adamw.weight_decay == f.weight_decay; }},
+        {"--cosine", [](auto& o, auto&,
+                        auto& f) { return (o.lr_shape == train::LrShape::cosine) == f.cosine; }},
+        {"--weight-decay",
+         [](auto& o, auto&, auto& f) { return o.adamw.weight_decay == f.weight_decay; }},
         {"--grad-clip", [](auto& o, auto&, auto& f) { return o.grad_clip == f.grad_clip; }},
         {"--ema", [](auto& o, auto&, auto& f) { return o.ema == f.ema; }},
         {"--accumulate", [](auto& o, auto&, auto& f) { return o.accumulate == f.accumulate; }},
         {"--dropout", [](auto& o, auto&, auto& f) { return o.dropout == f.dropout; }},
-        {"--val-fraction", [](auto& o, auto&, auto& f) { return o.val_fraction == f.val_fraction; }},
+        {"--val-fraction",
+         [](auto& o, auto&, auto& f) { return o.val_fraction == f.val_fraction; }},
         {"--resample", [](auto& o, auto&, auto& f) { return o.resample == f.resample; }},
     };
     for (const auto& fx : fixed)
@@ -266,8 +283,10 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     const auto& extra = ck->state.extra;
     const bool same_tokenizer =
         (!given("--tokenizer") || extra.value("tokenizer", std::string()) == f.tokenizer) &&
-        (!given("--tokenizer-vocab") || extra.value("tokenizer_vocab", int64_t(0)) == f.tokenizer_vocab);
-    if (!same_tokenizer) fail_usage("--resume: --tokenizer differs from the checkpoint's (it keeps its tokenizer)");
+        (!given("--tokenizer-vocab") ||
+         extra.value("tokenizer_vocab", int64_t(0)) == f.tokenizer_vocab);
+    if (!same_tokenizer)
+      fail_usage("--resume: --tokenizer differs from the checkpoint's (it keeps its tokenizer)");
     if ((given("--eps-min") && f.eps_min != opts.interval.eps_min) ||
         (given("--eps-max") && f.eps_max != opts.interval.eps_max))
       fail_usage("--resume: --eps-min/--eps-max differ from the checkpoint's initial interval");
@@ -281,10 +300,13 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     if (f.block_size < 1) fail_usage("--block-size must be >= 1");
     if (f.length < 2) fail_usage("--length must be >= 2");
     if (f.length % f.block_size != 0)
-      fail_usage(fmt::format("--block-size {} does not divide --length {}", f.block_size, f.length));
-    if (f.layers < 1 || f.hidden < 2 || f.heads < 1 || f.cond < 1) fail_usage("--layers, --hidden, --heads, --cond must be positive");
+      fail_usage(
+          fmt::format("--block-size {} does not divide --length {}", f.block_size, f.length));
+    if (f.layers < 1 || f.hidden < 2 || f.heads < 1 || f.cond < 1)
+      fail_usage("--layers, --hidden, --heads, --cond must be positive");
     if (f.hidden % f.heads != 0 || (f.hidden / f.heads) % 2 != 0)
-      fail_usage(fmt::format("--hidden {} must be a multiple of --heads {} with an even head size", f.hidden, f.heads));
+      fail_usage(fmt::format("--hidden {} must be a multiple of --heads {} with an even head size",
+                             f.hidden, f.heads));
     (void)bd3::noise_from_name(f.noise);  // usage error when unknown
     tokenizer = make_tokenizer(f.tokenizer, f.tokenizer_vocab, data, f.threads, progress);
     opts.noise = f.noise;
@@ -326,10 +348,11 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     }
   }
   // Before any model buffer is allocated: a shape or batch that cannot fit is a usage error.
-  bd3::cli::check_memory(bd3::cli::training_bytes(config, opts.batch) +
-                             (opts.clip_search ? 4.0 * opts.clip_batches * opts.batch * config.model_length : 0.0),
-                         fmt::format("training {} layers x hidden {} x --length {} at --batch {}", config.n_blocks,
-                                     config.hidden_dim, config.model_length, opts.batch));
+  bd3::cli::check_memory(
+      bd3::cli::training_bytes(config, opts.batch) +
+          (opts.clip_search ? 4.0 * opts.clip_batches * opts.batch * config.model_length : 0.0),
+      fmt::format("training {} layers x hidden {} x --length {} at --batch {}", config.n_blocks,
+                  config.hidden_dim, config.model_length, opts.batch));
 
   // The data.
   text::CorpusOptions co;
@@ -344,10 +367,11 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     if (!want.empty() && want != corpus.fingerprint())
       fail("--resume: the data differ from the data the checkpoint was trained on");
   }
-  progress.message(fmt::format("bd3 train: {} tokens, {} documents, {} training / {} validation sequences of {} ({:.1f}s)",
-                               corpus.stream().size(), corpus.documents(), corpus.size(text::Split::train),
-                               corpus.size(text::Split::validation), config.model_length,
-                               std::chrono::duration<double>(Clock::now() - t_data).count()));
+  progress.message(fmt::format(
+      "bd3 train: {} tokens, {} documents, {} training / {} validation sequences of {} ({:.1f}s)",
+      corpus.stream().size(), corpus.documents(), corpus.size(text::Split::train),
+      corpus.size(text::Split::validation), config.model_length,
+      std::chrono::duration<double>(Clock::now() - t_data).count()));
 
   // The trainer.
   std::unique_ptr<train::Trainer<CliModel>> trainer;
@@ -355,7 +379,8 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     CliModel model(ck->config, bd3::RuntimeNoise(opts.noise));
     trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), *ck, corpus);
     trainer->set_total_steps(opts.steps);
-    progress.message(fmt::format("bd3 train: resumed {} at step {}", ck->dir.string(), trainer->step()));
+    progress.message(
+        fmt::format("bd3 train: resumed {} at step {}", ck->dir.string(), trainer->step()));
   } else {
     CliModel model(config, bd3::RuntimeNoise(opts.noise));
     train::init_model(model, opts.seed);
@@ -372,12 +397,13 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     trainer->state().extra = extra;
   }
   const auto& cfg = trainer->model().config();
-  progress.message(fmt::format("bd3 train: model {} parameters (L {}, block {}, {} layers, hidden {}, {} heads, vocab {}), "
-                               "batch {} x {}, lr {} ({}, warmup {}), noise {}, interval [{}, {}]",
-                               trainer->model().parameters().size(), cfg.model_length, cfg.block_size, cfg.n_blocks,
-                               cfg.hidden_dim, cfg.n_heads, cfg.vocab_size, opts.batch, opts.accumulate, opts.adamw.lr,
-                               opts.lr_schedule().shape_name(), opts.warmup, opts.noise,
-                               trainer->interval().eps_min, trainer->interval().eps_max));
+  progress.message(fmt::format(
+      "bd3 train: model {} parameters (L {}, block {}, {} layers, hidden {}, {} heads, vocab {}), "
+      "batch {} x {}, lr {} ({}, warmup {}), noise {}, interval [{}, {}]",
+      trainer->model().parameters().size(), cfg.model_length, cfg.block_size, cfg.n_blocks,
+      cfg.hidden_dim, cfg.n_heads, cfg.vocab_size, opts.batch, opts.accumulate, opts.adamw.lr,
+      opts.lr_schedule().shape_name(), opts.warmup, opts.noise, trainer->interval().eps_min,
+      trainer->interval().eps_max));
 
   // Metrics.
   const fs::path metrics_path = out / "metrics.jsonl";
@@ -393,7 +419,8 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   } closer{metrics};
   auto write_metric = [&](const nlohmann::json& j) {
     const std::string line = j.dump() + "\n";
-    if (std::fwrite(line.data(), 1, line.size(), metrics) != line.size() || std::fflush(metrics) != 0)
+    if (std::fwrite(line.data(), 1, line.size(), metrics) != line.size() ||
+        std::fflush(metrics) != 0)
       bd3::fail_io("cannot write " + metrics_path.string());
   };
 
@@ -418,10 +445,11 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
       if (e.kind() != bd3::ErrorKind::numerical) throw;
       // Nothing from the diverged step was saved: say which checkpoint is there.
       const auto p = train::read_pointer(out);
-      throw bd3::Error(e.kind(), std::string(e.what()) + "; nothing was saved from it" +
-                                     (p ? fmt::format(", the last checkpoint ({}/{}, step {}) is intact", out.string(),
-                                                      p->current, p->step)
-                                        : std::string(", and there is no checkpoint yet")));
+      throw bd3::Error(e.kind(),
+                       std::string(e.what()) + "; nothing was saved from it" +
+                           (p ? fmt::format(", the last checkpoint ({}/{}, step {}) is intact",
+                                            out.string(), p->current, p->step)
+                              : std::string(", and there is no checkpoint yet")));
     }
     if (r.clip) {
       nlohmann::json cands = nlohmann::json::array();
@@ -435,9 +463,10 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
                     {"event", "clip_search"},
                     {"best", {best.eps_min, best.eps_max}},
                     {"candidates", cands}});
-      progress.message(fmt::format("bd3 train: step {}: clip search chose [{}, {}] (variance {:.4g}; full [1e-3, 1]: {:.4g})",
-                                   r.step, best.eps_min, best.eps_max, r.clip->variance[r.clip->best],
-                                   r.clip->variance[0]));
+      progress.message(fmt::format(
+          "bd3 train: step {}: clip search chose [{}, {}] (variance {:.4g}; full [1e-3, 1]: "
+          "{:.4g})",
+          r.step, best.eps_min, best.eps_max, r.clip->variance[r.clip->best], r.clip->variance[0]));
     }
     window_tokens += r.tokens, window_seconds += r.seconds, loss_window += r.loss, ++window_steps;
     const int64_t done = trainer->step();
@@ -457,7 +486,8 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     const double per_step = session / double(std::max<int64_t>(1, done - first_step));
     progress.update(done, fmt::format("loss {:.4f} lr {:.2e} {:.0f} tok/s", r.loss, r.lr, tps),
                     per_step * double(trainer->options().steps - done));
-    if (done % f.log_every == 0) window_tokens = 0, window_seconds = 0, loss_window = 0, window_steps = 0;
+    if (done % f.log_every == 0)
+      window_tokens = 0, window_seconds = 0, loss_window = 0, window_steps = 0;
     if (f.checkpoint_every > 0 && done % f.checkpoint_every == 0 && !trainer->done()) save();
     if (f.max_seconds > 0 && session >= f.max_seconds) {
       stop_reason = "max_seconds";
@@ -532,12 +562,13 @@ int run_eval(const EvalFlags& f) {
   const text::Tokenizer tokenizer = [&] {
     if (f.tokenizer.empty()) return text::Tokenizer::load_from(dir);
     if (f.tokenizer == "bytes") return text::Tokenizer::bytes();
-    return text::Tokenizer::load_from(f.tokenizer.starts_with("gpt2:") ? f.tokenizer.substr(5) : f.tokenizer);
+    return text::Tokenizer::load_from(f.tokenizer.starts_with("gpt2:") ? f.tokenizer.substr(5)
+                                                                       : f.tokenizer);
   }();
   auto ck = bd3::load_checkpoint(dir);
   if (tokenizer.model_vocab_size() != ck.config.vocab_size)
-    fail(fmt::format("the tokenizer has {} ids with MASK but the model's vocabulary is {}", tokenizer.model_vocab_size(),
-                     ck.config.vocab_size));
+    fail(fmt::format("the tokenizer has {} ids with MASK but the model's vocabulary is {}",
+                     tokenizer.model_vocab_size(), ck.config.vocab_size));
   CliModel model(ck.config, bd3::RuntimeNoise(noise));
   std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());
   model.parameters_changed();
@@ -559,13 +590,16 @@ int run_eval(const EvalFlags& f) {
     const auto s = f.split == "train" ? text::Split::train : text::Split::validation;
     for (int64_t i = 0; i < corpus.size(s); ++i) sequences.push_back(corpus.global_index(s, i));
   }
-  if (f.max_sequences > 0 && int64_t(sequences.size()) > f.max_sequences) sequences.resize(size_t(f.max_sequences));
-  if (sequences.empty()) fail("the " + f.split + " split of the data holds no sequence of " +
-                              std::to_string(ck.config.model_length) + " tokens");
-  bd3::cli::check_memory(bd3::cli::training_bytes(ck.config, std::min<int64_t>(f.batch, int64_t(sequences.size()))) +
-                             8.0 * double(sequences.size()) * f.samples,
-                         fmt::format("eval of {} sequences x --samples {} at --batch {}", sequences.size(), f.samples,
-                                     f.batch));
+  if (f.max_sequences > 0 && int64_t(sequences.size()) > f.max_sequences)
+    sequences.resize(size_t(f.max_sequences));
+  if (sequences.empty())
+    fail("the " + f.split + " split of the data holds no sequence of " +
+         std::to_string(ck.config.model_length) + " tokens");
+  bd3::cli::check_memory(
+      bd3::cli::training_bytes(ck.config, std::min<int64_t>(f.batch, int64_t(sequences.size()))) +
+          8.0 * double(sequences.size()) * f.samples,
+      fmt::format("eval of {} sequences x --samples {} at --batch {}", sequences.size(), f.samples,
+                  f.batch));
   const int L = ck.config.model_length;
   const int64_t batches = (int64_t(sequences.size()) + f.batch - 1) / f.batch;
   Progress progress("bd3 eval", batches * f.samples, f.quiet);
@@ -580,10 +614,13 @@ int run_eval(const EvalFlags& f) {
   std::vector<double> seq_nelbo(N * size_t(f.samples), 0.0);
   for (int s = 0; s < f.samples; ++s)
     for (int64_t b = 0; b < batches; ++b) {
-      const int64_t lo = b * f.batch, hi = std::min<int64_t>(lo + f.batch, int64_t(sequences.size()));
+      const int64_t lo = b * f.batch,
+                    hi = std::min<int64_t>(lo + f.batch, int64_t(sequences.size()));
       const int n = int(hi - lo);
       x0.resize(size_t(n) * L);
-      for (int k = 0; k < n; ++k) corpus.sequence_at(sequences[size_t(lo + k)], std::span<int32_t>(x0).subspan(size_t(k) * L, L));
+      for (int k = 0; k < n; ++k)
+        corpus.sequence_at(sequences[size_t(lo + k)],
+                           std::span<int32_t>(x0).subspan(size_t(k) * L, L));
       bd3::CounterRng rng(f.seed, {bd3::rng_stream::eval, uint64_t(s), uint64_t(b)});
       auto terms = bd3::estimate_nelbo(model, x0, n, eo, rng, &per_token);
       for (int k = 0; k < n; ++k) {
@@ -601,10 +638,12 @@ int run_eval(const EvalFlags& f) {
   progress.finish();
   const double nelbo = loss_sum / double(tokens);
   if (!std::isfinite(nelbo))
-    throw bd3::Error(bd3::ErrorKind::numerical,
-                     fmt::format("eval: the NELBO is not finite ({}): the model's weights or outputs are not finite "
-                                 "(bd3 inspect --model {} checks the weights)",
-                                 nelbo, f.model));
+    throw bd3::Error(
+        bd3::ErrorKind::numerical,
+        fmt::format(
+            "eval: the NELBO is not finite ({}): the model's weights or outputs are not finite "
+            "(bd3 inspect --model {} checks the weights)",
+            nelbo, f.model));
   // Two variances of the per-sequence NELBO: across every (sequence, draw) pair (data and
   // masks), and across the draws of one sequence averaged over sequences (the masks
   // alone: the noise schedule's share, which clipping reduces; needs --samples >= 2).
@@ -617,21 +656,22 @@ int run_eval(const EvalFlags& f) {
       mask_variance += bd3::sample_variance(draws) / double(N);
     }
   }
-  nlohmann::json j = {{"nelbo", nelbo},
-                      {"ppl", std::exp(nelbo)},
-                      {"bits_per_token", nelbo / std::log(2.0)},
-                      {"tokens", tokens / f.samples},
-                      {"sequences", sequences.size()},
-                      {"samples", f.samples},
-                      {"nelbo_variance", total_variance},
-                      {"mask_variance", f.samples >= 2 ? nlohmann::json(mask_variance) : nlohmann::json(nullptr)},
-                      {"standard_error", std::sqrt(total_variance / double(N * size_t(f.samples)))},
-                      {"split", f.split},
-                      {"eps_min", eo.eps_min},
-                      {"eps_max", eo.eps_max},
-                      {"noise", noise},
-                      {"model", dir.string()},
-                      {"seconds", std::chrono::duration<double>(Clock::now() - start).count()}};
+  nlohmann::json j = {
+      {"nelbo", nelbo},
+      {"ppl", std::exp(nelbo)},
+      {"bits_per_token", nelbo / std::log(2.0)},
+      {"tokens", tokens / f.samples},
+      {"sequences", sequences.size()},
+      {"samples", f.samples},
+      {"nelbo_variance", total_variance},
+      {"mask_variance", f.samples >= 2 ? nlohmann::json(mask_variance) : nlohmann::json(nullptr)},
+      {"standard_error", std::sqrt(total_variance / double(N * size_t(f.samples)))},
+      {"split", f.split},
+      {"eps_min", eo.eps_min},
+      {"eps_max", eo.eps_max},
+      {"noise", noise},
+      {"model", dir.string()},
+      {"seconds", std::chrono::duration<double>(Clock::now() - start).count()}};
   fmt::print("{}\n", j.dump());
   std::fflush(stdout);
   return 0;
@@ -639,12 +679,16 @@ int run_eval(const EvalFlags& f) {
 
 bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
   auto f = std::make_shared<TrainFlags>();
-  auto* cmd = app.add_subcommand("train", "Train a BD3-LM on text (progress on stderr, checkpoints in --out)");
+  auto* cmd = app.add_subcommand(
+      "train", "Train a BD3-LM on text (progress on stderr, checkpoints in --out)");
   cmd->add_option("--data", f->data, "training text file (repeatable)");
-  cmd->add_option("--tokenizer", f->tokenizer, "bytes | gpt2:DIR | DIR | bpe:N (train a BPE of N tokens on the data)")
+  cmd->add_option("--tokenizer", f->tokenizer,
+                  "bytes | gpt2:DIR | DIR | bpe:N (train a BPE of N tokens on the data)")
       ->capture_default_str();
-  cmd->add_option("--tokenizer-vocab", f->tokenizer_vocab, "vocabulary size of the BPE to train (with --tokenizer bpe)");
-  cmd->add_option("--block-size", f->block_size, "block size B' (divides --length)")->capture_default_str();
+  cmd->add_option("--tokenizer-vocab", f->tokenizer_vocab,
+                  "vocabulary size of the BPE to train (with --tokenizer bpe)");
+  cmd->add_option("--block-size", f->block_size, "block size B' (divides --length)")
+      ->capture_default_str();
   cmd->add_option("--length", f->length, "sequence length L (BOS included)")->capture_default_str();
   cmd->add_option("--layers", f->layers, "transformer layers")->capture_default_str();
   cmd->add_option("--hidden", f->hidden, "hidden size D")->capture_default_str();
@@ -656,52 +700,77 @@ bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
   cmd->add_option("--seed", f->seed, "seed of every random choice")->capture_default_str();
   cmd->add_option("--threads", f->threads, "threads (0: all cores)")->capture_default_str();
   cmd->add_option("--out", f->out, "output directory (checkpoints, metrics.jsonl)")->required();
-  cmd->add_option("--checkpoint-every", f->checkpoint_every, "steps between checkpoints (0: only at the end)")
+  cmd->add_option("--checkpoint-every", f->checkpoint_every,
+                  "steps between checkpoints (0: only at the end)")
       ->capture_default_str();
   cmd->add_flag("--resume", f->resume, "continue from --out's checkpoint up to --steps");
-  cmd->add_option("--max-seconds", f->max_seconds, "stop (with a checkpoint) after this many seconds");
-  cmd->add_option("--noise", f->noise, "loglinear | cosine | square | square_root | log")->capture_default_str();
-  cmd->add_flag("--clip-search", f->clip_search, "data-driven clipped schedule: search the interval every --clip-every steps");
-  cmd->add_option("--clip-every", f->clip_every, "steps between clip searches")->capture_default_str();
-  cmd->add_option("--clip-batches", f->clip_batches, "validation batches per clip search")->capture_default_str();
-  cmd->add_option("--clip-widths", f->clip_widths, "candidate interval widths")->delimiter(',')->capture_default_str();
+  cmd->add_option("--max-seconds", f->max_seconds,
+                  "stop (with a checkpoint) after this many seconds");
+  cmd->add_option("--noise", f->noise, "loglinear | cosine | square | square_root | log")
+      ->capture_default_str();
+  cmd->add_flag("--clip-search", f->clip_search,
+                "data-driven clipped schedule: search the interval every --clip-every steps");
+  cmd->add_option("--clip-every", f->clip_every, "steps between clip searches")
+      ->capture_default_str();
+  cmd->add_option("--clip-batches", f->clip_batches, "validation batches per clip search")
+      ->capture_default_str();
+  cmd->add_option("--clip-widths", f->clip_widths, "candidate interval widths")
+      ->delimiter(',')
+      ->capture_default_str();
   cmd->add_option("--warmup", f->warmup, "linear warmup steps (default: min(2500, steps/10))");
   cmd->add_flag("--cosine", f->cosine, "cosine decay after the warmup (default: constant)");
   cmd->add_option("--min-lr", f->min_lr, "floor of the cosine decay")->capture_default_str();
-  cmd->add_option("--weight-decay", f->weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  cmd->add_option("--weight-decay", f->weight_decay, "AdamW decoupled weight decay")
+      ->capture_default_str();
   cmd->add_option("--beta1", f->beta1, "AdamW beta1")->capture_default_str();
   cmd->add_option("--beta2", f->beta2, "AdamW beta2")->capture_default_str();
   cmd->add_option("--adam-eps", f->adam_eps, "AdamW eps")->capture_default_str();
-  cmd->add_option("--grad-clip", f->grad_clip, "gradient-norm clipping (0: off)")->capture_default_str();
+  cmd->add_option("--grad-clip", f->grad_clip, "gradient-norm clipping (0: off)")
+      ->capture_default_str();
   cmd->add_option("--ema", f->ema, "EMA decay of the weights (0: off)")->capture_default_str();
-  cmd->add_option("--accumulate", f->accumulate, "micro-batches per optimizer step")->capture_default_str();
-  cmd->add_option("--dropout", f->dropout, "dropout of the attention and MLP branches")->capture_default_str();
-  cmd->add_option("--val-fraction", f->val_fraction, "fraction of the sequences held out")->capture_default_str();
-  cmd->add_option("--eps-min", f->eps_min, "lower end of the noise interval")->capture_default_str();
-  cmd->add_option("--eps-max", f->eps_max, "upper end of the noise interval")->capture_default_str();
-  cmd->add_flag("--resample", f->resample, "redraw masks whose masked fraction is outside the interval (bounded)");
-  cmd->add_option("--log-every", f->log_every, "steps between metrics.jsonl lines")->capture_default_str();
+  cmd->add_option("--accumulate", f->accumulate, "micro-batches per optimizer step")
+      ->capture_default_str();
+  cmd->add_option("--dropout", f->dropout, "dropout of the attention and MLP branches")
+      ->capture_default_str();
+  cmd->add_option("--val-fraction", f->val_fraction, "fraction of the sequences held out")
+      ->capture_default_str();
+  cmd->add_option("--eps-min", f->eps_min, "lower end of the noise interval")
+      ->capture_default_str();
+  cmd->add_option("--eps-max", f->eps_max, "upper end of the noise interval")
+      ->capture_default_str();
+  cmd->add_flag("--resample", f->resample,
+                "redraw masks whose masked fraction is outside the interval (bounded)");
+  cmd->add_option("--log-every", f->log_every, "steps between metrics.jsonl lines")
+      ->capture_default_str();
   cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
   return [f, cmd] { return run_train(*f, cmd); };
 });
 
 bd3::cli::Registrar eval_command([](CLI::App& app) -> bd3::cli::Runner {
   auto f = std::make_shared<EvalFlags>();
-  auto* cmd = app.add_subcommand("eval", "NELBO / perplexity bound of a model on text (one JSON line)");
-  cmd->add_option("--model", f->model, "model directory (a checkpoint, or a training --out directory)")->required();
+  auto* cmd =
+      app.add_subcommand("eval", "NELBO / perplexity bound of a model on text (one JSON line)");
+  cmd->add_option("--model", f->model,
+                  "model directory (a checkpoint, or a training --out directory)")
+      ->required();
   cmd->add_option("--data", f->data, "text file (repeatable)")->required();
   cmd->add_option("--seed", f->seed, "seed of the masks")->capture_default_str();
   cmd->add_option("--samples", f->samples, "mask draws averaged over")->capture_default_str();
   cmd->add_option("--batch", f->batch, "sequences per forward")->capture_default_str();
   cmd->add_option("--split", f->split, "validation | train | all")->capture_default_str();
   cmd->add_option("--threads", f->threads, "threads (0: all cores)")->capture_default_str();
-  cmd->add_option("--eps-min", f->eps_min, "noise interval (1e-3, 1: the NELBO; with block size 1, 1 1: the exact NLL)")
+  cmd->add_option("--eps-min", f->eps_min,
+                  "noise interval (1e-3, 1: the NELBO; with block size 1, 1 1: the exact NLL)")
       ->capture_default_str();
   cmd->add_option("--eps-max", f->eps_max, "noise interval upper end")->capture_default_str();
-  cmd->add_option("--val-fraction", f->val_fraction, "held-out fraction (default: the training run's, else 0.05)");
-  cmd->add_option("--noise", f->noise, "noise schedule (default: the training run's, else loglinear)");
-  cmd->add_option("--tokenizer", f->tokenizer, "tokenizer (default: the model directory's): bytes | gpt2:DIR | DIR");
-  cmd->add_option("--max-sequences", f->max_sequences, "evaluate at most this many sequences (0: all)");
+  cmd->add_option("--val-fraction", f->val_fraction,
+                  "held-out fraction (default: the training run's, else 0.05)");
+  cmd->add_option("--noise", f->noise,
+                  "noise schedule (default: the training run's, else loglinear)");
+  cmd->add_option("--tokenizer", f->tokenizer,
+                  "tokenizer (default: the model directory's): bytes | gpt2:DIR | DIR");
+  cmd->add_option("--max-sequences", f->max_sequences,
+                  "evaluate at most this many sequences (0: all)");
   cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
   return [f] { return run_eval(*f); };
 });

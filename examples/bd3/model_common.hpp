@@ -27,7 +27,8 @@ inline constexpr int64_t kMaxWorkCount = int64_t{1} << 20;
 
 inline void set_threads(int threads) {
   if (threads < 0 || threads > kMaxThreads)
-    fail_usage(fmt::format("--threads must be in 1..{} (or 0 for all cores), got {}", kMaxThreads, threads));
+    fail_usage(fmt::format("--threads must be in 1..{} (or 0 for all cores), got {}", kMaxThreads,
+                           threads));
   if (threads > 0) {
     omp_set_num_threads(threads);
     Eigen::setNbThreads(threads);
@@ -35,7 +36,8 @@ inline void set_threads(int threads) {
 }
 
 inline void check_count(const char* flag, int64_t value, int64_t lo, int64_t hi = kMaxWorkCount) {
-  if (value < lo || value > hi) fail_usage(fmt::format("{} must be in {}..{}, got {}", flag, lo, hi, value));
+  if (value < lo || value > hi)
+    fail_usage(fmt::format("{} must be in {}..{}, got {}", flag, lo, hi, value));
 }
 
 // ---- Memory estimates: refuse a job that cannot fit before allocating for it ----------
@@ -45,7 +47,9 @@ inline double memory_available_bytes() {
   double bytes = double(::sysconf(_SC_PHYS_PAGES)) * double(::sysconf(_SC_PAGE_SIZE));
   std::ifstream cg("/sys/fs/cgroup/memory.max");
   std::string limit;
-  if (cg >> limit && !limit.empty() && std::all_of(limit.begin(), limit.end(), [](unsigned char ch) { return ch >= '0' && ch <= '9'; }))
+  if (cg >> limit && !limit.empty() &&
+      std::all_of(limit.begin(), limit.end(),
+                  [](unsigned char ch) { return ch >= '0' && ch <= '9'; }))
     bytes = std::min(bytes, std::stod(limit));
   return bytes > 0 ? bytes : 1e18;
 }
@@ -60,8 +64,8 @@ inline std::string bytes_text(double b) {
 inline void check_memory(double bytes, const std::string& job) {
   const double available = memory_available_bytes();
   if (bytes > available)
-    fail_usage(fmt::format("{} needs about {} of memory, more than the {} available", job, bytes_text(bytes),
-                           bytes_text(available)));
+    fail_usage(fmt::format("{} needs about {} of memory, more than the {} available", job,
+                           bytes_text(bytes), bytes_text(available)));
 }
 
 // Training (and the forward/backward of eval, bench, eval-gen): the parameters with
@@ -70,7 +74,8 @@ inline void check_memory(double bytes, const std::string& job) {
 inline double training_bytes(const ModelConfig& c, int64_t batch) {
   const double P = double(ParameterLayout(c).total()), D = c.hidden_dim, L = c.model_length;
   const double rows = double(batch) * 2 * L;
-  return 4.0 * (9 * P + rows * (18 * D * c.n_blocks + 10 * D) + 2 * double(batch) * L * c.vocab_size);
+  return 4.0 *
+         (9 * P + rows * (18 * D * c.n_blocks + 10 * D) + 2 * double(batch) * L * c.vocab_size);
 }
 
 // Sampling: the weights, and per sequence its tokens, the KV cache, the current block's
@@ -78,7 +83,8 @@ inline double training_bytes(const ModelConfig& c, int64_t batch) {
 inline double sampling_bytes(const ModelConfig& c, int64_t batch, int64_t length) {
   const double P = double(ParameterLayout(c).total()), D = c.hidden_dim, Bp = c.block_size;
   const double per_sequence = 4.0 * double(length) + 16 * Bp * c.vocab_size +
-                              8.0 * c.n_blocks * (double(c.model_length) + 2 * Bp) * D + 4.0 * 2 * Bp * 24 * D;
+                              8.0 * c.n_blocks * (double(c.model_length) + 2 * Bp) * D +
+                              4.0 * 2 * Bp * 24 * D;
   return 8 * P + double(batch) * per_sequence;
 }
 

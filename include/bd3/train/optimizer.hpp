@@ -32,9 +32,11 @@ struct AdamWOptions {
 
   void validate() const {
     if (!(lr >= 0.0 && std::isfinite(lr))) fail_usage("learning rate must be >= 0");
-    if (!(beta1 >= 0.0 && beta1 < 1.0) || !(beta2 >= 0.0 && beta2 < 1.0)) fail_usage("AdamW betas must be in [0, 1)");
+    if (!(beta1 >= 0.0 && beta1 < 1.0) || !(beta2 >= 0.0 && beta2 < 1.0))
+      fail_usage("AdamW betas must be in [0, 1)");
     if (!(eps > 0.0)) fail_usage("AdamW eps must be > 0");
-    if (!(weight_decay >= 0.0 && std::isfinite(weight_decay))) fail_usage("weight decay must be >= 0");
+    if (!(weight_decay >= 0.0 && std::isfinite(weight_decay)))
+      fail_usage("weight decay must be >= 0");
   }
 };
 
@@ -50,10 +52,11 @@ struct AdamWState {
 };
 
 // One AdamW update of params with gradient grad at learning rate lr.
-inline void adamw_step(std::span<float> params, std::span<const float> grad, AdamWState& s, const AdamWOptions& o,
-                       double lr) {
+inline void adamw_step(std::span<float> params, std::span<const float> grad, AdamWState& s,
+                       const AdamWOptions& o, double lr) {
   const size_t n = params.size();
-  if (grad.size() != n || s.m.size() != n || s.v.size() != n) fail("adamw_step: buffer sizes differ");
+  if (grad.size() != n || s.m.size() != n || s.v.size() != n)
+    fail("adamw_step: buffer sizes differ");
   s.step += 1;
   const double bc1 = 1.0 - std::pow(o.beta1, double(s.step));
   const double bc2 = 1.0 - std::pow(o.beta2, double(s.step));
@@ -82,11 +85,11 @@ inline void adamw_step(std::span<float> params, std::span<const float> grad, Ada
 enum class LrShape { constant, cosine };
 
 struct LrSchedule {
-  double lr = 3e-4;        // peak
-  int64_t warmup = 0;      // linear warmup steps
+  double lr = 3e-4;    // peak
+  int64_t warmup = 0;  // linear warmup steps
   LrShape shape = LrShape::constant;
-  int64_t total_steps = 0; // horizon of the cosine decay
-  double min_lr = 0.0;     // cosine floor
+  int64_t total_steps = 0;  // horizon of the cosine decay
+  double min_lr = 0.0;      // cosine floor
 
   // The learning rate of optimizer step `step` (0-based): (step + 1) / warmup * lr
   // during the warmup, then lr (constant) or the cosine from lr down to min_lr reached
@@ -136,7 +139,8 @@ inline void scale_gradient_to_norm(std::span<float> grad, double max_norm, doubl
 // before clipping. max_norm <= 0 disables clipping.
 inline double clip_gradient(std::span<float> grad, double max_norm) {
   const double norm = gradient_norm(grad);
-  if (!std::isfinite(norm)) throw Error(ErrorKind::numerical, "gradient norm is not finite (" + std::to_string(norm) + ")");
+  if (!std::isfinite(norm))
+    throw Error(ErrorKind::numerical, "gradient norm is not finite (" + std::to_string(norm) + ")");
   scale_gradient_to_norm(grad, max_norm, norm);
   return norm;
 }

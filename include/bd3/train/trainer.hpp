@@ -45,18 +45,19 @@
 namespace bd3::train {
 
 struct StepResult {
-  int64_t step = 0;        // the step number just done (0-based)
-  double loss = 0;         // mean over the micro-batches of the mean loss over positions 1..L-1
+  int64_t step = 0;  // the step number just done (0-based)
+  double loss = 0;   // mean over the micro-batches of the mean loss over positions 1..L-1
   double lr = 0;
-  double grad_norm = 0;    // before clipping
-  int64_t tokens = 0;      // tokens processed (batch x accumulate x L)
-  double seconds = 0;      // wall time of the step
+  double grad_norm = 0;                  // before clipping
+  int64_t tokens = 0;                    // tokens processed (batch x accumulate x L)
+  double seconds = 0;                    // wall time of the step
   std::optional<ClipSearchResult> clip;  // when a clip search ran before this step
 };
 
 template <class Model>
 class Trainer {
-  static_assert(std::is_same_v<typename Model::scalar_type, float>, "Trainer: the model must compute in float");
+  static_assert(std::is_same_v<typename Model::scalar_type, float>,
+                "Trainer: the model must compute in float");
 
  public:
   // A new run: model already has its config (dropout, sampling interval) and weights
@@ -84,7 +85,8 @@ class Trainer {
     options_.validate();
     check_corpus();
     const size_t n = model_.parameters().size();
-    if (ck.weights.size() != n || ck.exp_avg.size() != n || ck.exp_avg_sq.size() != n || ck.model.size() != n)
+    if (ck.weights.size() != n || ck.exp_avg.size() != n || ck.exp_avg_sq.size() != n ||
+        ck.model.size() != n)
       fail("checkpoint tensors do not match the model's parameter count");
     std::copy(ck.weights.begin(), ck.weights.end(), model_.parameters().begin());
     model_.parameters_changed();
@@ -119,7 +121,8 @@ class Trainer {
 
   // The weights a checkpoint's model.safetensors holds: the EMA, or the raw weights.
   std::span<const float> published_weights() const {
-    return ema_.enabled() ? std::span<const float>(ema_.shadow) : std::span<const float>(model_.parameters());
+    return ema_.enabled() ? std::span<const float>(ema_.shadow)
+                          : std::span<const float>(model_.parameters());
   }
 
   EstimatorOptions estimator_options() const {
@@ -134,11 +137,14 @@ class Trainer {
   StepResult train_step() {
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
-    if (failed_) fail_usage("Trainer: a numerical error stopped this run (" + failure_ + "); it cannot continue");
+    if (failed_)
+      fail_usage("Trainer: a numerical error stopped this run (" + failure_ +
+                 "); it cannot continue");
     StepResult r;
     r.step = state_.step;
     const int64_t samples_before = state_.samples_seen;
-    if (options_.clip_search && state_.step > 0 && state_.step % options_.clip_every == 0) r.clip = run_clip_search();
+    if (options_.clip_search && state_.step > 0 && state_.step % options_.clip_every == 0)
+      r.clip = run_clip_search();
     const auto& c = model_.config();
     const int L = c.model_length, B = options_.batch;
     std::fill(grads_.begin(), grads_.end(), 0.0f);
@@ -146,12 +152,16 @@ class Trainer {
     double loss = 0;
     for (int micro = 0; micro < options_.accumulate; ++micro) {
       next_batch(x0_);
-      CounterRng rng(options_.seed, {rng_stream::train_noise, uint64_t(state_.step), uint64_t(micro)});
-      draw_noised_batch(x0_, B, L, model_.block_size(), c.mask_index, model_.noise(), eo, rng, noised_);
+      CounterRng rng(options_.seed,
+                     {rng_stream::train_noise, uint64_t(state_.step), uint64_t(micro)});
+      draw_noised_batch(x0_, B, L, model_.block_size(), c.mask_index, model_.noise(), eo, rng,
+                        noised_);
       Dropout dropout;
       dropout.p = options_.dropout;
-      dropout.seed = CounterRng::derive_key(options_.seed, {rng_stream::dropout, uint64_t(state_.step), uint64_t(micro)});
-      loss += loss_and_gradient(model_, noised_.xt, x0_, B, noised_.weight, std::span<float>(grads_), dropout, &scratch_);
+      dropout.seed = CounterRng::derive_key(
+          options_.seed, {rng_stream::dropout, uint64_t(state_.step), uint64_t(micro)});
+      loss += loss_and_gradient(model_, noised_.xt, x0_, B, noised_.weight,
+                                std::span<float>(grads_), dropout, &scratch_);
     }
     if (options_.accumulate > 1) {
       const float inv = 1.0f / float(options_.accumulate);
@@ -160,20 +170,21 @@ class Trainer {
     r.loss = loss / options_.accumulate;
     // Numerical guards: a non-finite loss, gradient norm or updated weight stops training
     // before anything is published; see numerical_failure().
-    if (!std::isfinite(r.loss)) numerical_failure(samples_before, "the loss is " + number_text(r.loss));
+    if (!std::isfinite(r.loss))
+      numerical_failure(samples_before, "the loss is " + number_text(r.loss));
     r.grad_norm = gradient_norm(grads_);
     if (!std::isfinite(r.grad_norm))
-      numerical_failure(samples_before,
-                        "the gradient norm is " + number_text(r.grad_norm) + " (loss " + number_text(r.loss) + ")");
+      numerical_failure(samples_before, "the gradient norm is " + number_text(r.grad_norm) +
+                                            " (loss " + number_text(r.loss) + ")");
     scale_gradient_to_norm(grads_, options_.grad_clip, r.grad_norm);
     r.lr = options_.lr_schedule().at(state_.step);
     adamw_step(model_.parameters(), grads_, adam_, options_.adamw, r.lr);
     if (const int64_t bad = first_non_finite(model_.parameters()); bad >= 0) {
       weights_broken_ = true;
-      numerical_failure(samples_before, "the update made weight " + std::to_string(bad) + " (tensor " +
-                                            tensor_of(bad) + ") " +
-                                            number_text(model_.parameters()[size_t(bad)]) + " (learning rate " +
-                                            number_text(r.lr) + ")");
+      numerical_failure(samples_before, "the update made weight " + std::to_string(bad) +
+                                            " (tensor " + tensor_of(bad) + ") " +
+                                            number_text(model_.parameters()[size_t(bad)]) +
+                                            " (learning rate " + number_text(r.lr) + ")");
     }
     model_.parameters_changed();
     ema_.update(model_.parameters());
@@ -193,7 +204,8 @@ class Trainer {
     const int L = c.model_length, B = options_.batch;
     std::vector<std::vector<int32_t>> batches;
     std::vector<int> sizes;
-    const text::Split split = corpus_->size(text::Split::validation) > 0 ? text::Split::validation : text::Split::train;
+    const text::Split split =
+        corpus_->size(text::Split::validation) > 0 ? text::Split::validation : text::Split::train;
     const int64_t n = corpus_->size(split);
     int64_t next = 0;
     for (int j = 0; j < options_.clip_batches; ++j) {
@@ -212,8 +224,9 @@ class Trainer {
     }
     ClipSearchResult r;
     try {
-      r = clip_search(model_, std::span<const std::vector<int32_t>>(batches), std::span<const int>(sizes), options_.clip,
-                      options_.seed, uint64_t(state_.step));
+      r = clip_search(model_, std::span<const std::vector<int32_t>>(batches),
+                      std::span<const int>(sizes), options_.clip, options_.seed,
+                      uint64_t(state_.step));
     } catch (...) {
       if (!saved.empty()) restore(saved);
       throw;
@@ -235,8 +248,8 @@ class Trainer {
     return commit_checkpoint(
         out_dir, state_.step,
         [&](const std::filesystem::path& dir) {
-          write_checkpoint_files(dir, model_.config(), published_weights(), model_.parameters(), adam_.m, adam_.v,
-                                 state_, tokenizer);
+          write_checkpoint_files(dir, model_.config(), published_weights(), model_.parameters(),
+                                 adam_.m, adam_.v, state_, tokenizer);
         },
         after_rename_hook);
   }
@@ -282,7 +295,8 @@ class Trainer {
   void check_corpus() const {
     if (corpus_->model_length() != model_.config().model_length)
       fail_usage("the corpus was cut into sequences of " + std::to_string(corpus_->model_length()) +
-                 " tokens but the model's length is " + std::to_string(model_.config().model_length));
+                 " tokens but the model's length is " +
+                 std::to_string(model_.config().model_length));
     if (corpus_->size(text::Split::train) < 1) fail("the training split is empty");
   }
 

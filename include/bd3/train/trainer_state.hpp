@@ -73,7 +73,8 @@ namespace detail {
 template <class Int>
 Int json_integer(const nlohmann::json& object, const char* key, const std::string& where) {
   const auto& v = object.at(key);
-  if (v.is_number_unsigned() && std::in_range<Int>(v.get<uint64_t>())) return Int(v.get<uint64_t>());
+  if (v.is_number_unsigned() && std::in_range<Int>(v.get<uint64_t>()))
+    return Int(v.get<uint64_t>());
   if (v.is_number_integer() && !v.is_number_unsigned() && std::in_range<Int>(v.get<int64_t>()))
     return Int(v.get<int64_t>());
   fail(where + ": \"" + key + "\" must be an integer in [" +
@@ -87,22 +88,22 @@ Int json_integer(const nlohmann::json& object, const char* key, const std::strin
 struct TrainOptions {
   std::string noise = "loglinear";
   int batch = 8;
-  int accumulate = 1;            // micro-batches per optimizer step
-  int64_t steps = 1000;          // total optimizer steps
+  int accumulate = 1;    // micro-batches per optimizer step
+  int64_t steps = 1000;  // total optimizer steps
   uint64_t seed = 0;
   AdamWOptions adamw;
   int64_t warmup = 0;
   LrShape lr_shape = LrShape::constant;
   double min_lr = 0.0;
-  double grad_clip = 1.0;        // <= 0: off
-  double ema = 0.9999;           // 0: off
+  double grad_clip = 1.0;  // <= 0: off
+  double ema = 0.9999;     // 0: off
   double dropout = 0.0;
   ClipInterval interval{1e-3, 1.0};  // initial training interval [beta, omega]
-  bool resample = false;         // bounded mask resampling into the interval
+  bool resample = false;             // bounded mask resampling into the interval
   int max_resample_tries = 100;
   bool clip_search = false;
-  int64_t clip_every = 500;      // optimizer steps between searches
-  int clip_batches = 4;          // validation batches per search
+  int64_t clip_every = 500;  // optimizer steps between searches
+  int clip_batches = 4;      // validation batches per search
   ClipSearchOptions clip;
   double val_fraction = 0.05;
 
@@ -117,14 +118,17 @@ struct TrainOptions {
     if (!(min_lr >= 0.0)) fail_usage("--min-lr must be >= 0");
     if (!(ema >= 0.0 && ema < 1.0)) fail_usage("--ema must be in [0, 1)");
     if (!(dropout >= 0.0 && dropout < 1.0)) fail_usage("--dropout must be in [0, 1)");
-    if (!(interval.eps_min > 0.0 && interval.eps_min <= interval.eps_max && interval.eps_max <= 1.0))
+    if (!(interval.eps_min > 0.0 && interval.eps_min <= interval.eps_max &&
+          interval.eps_max <= 1.0))
       fail_usage("need 0 < --eps-min <= --eps-max <= 1");
     if (max_resample_tries < 1) fail_usage("max resample tries must be >= 1");
     if (clip_search && clip_every < 1) fail_usage("--clip-every must be >= 1");
     if (clip_search && clip_batches < 1) fail_usage("--clip-batches must be >= 1");
-    if (clip_search) (void)clip_candidates(clip, 2);  // checks --clip-widths now, not at the first search
+    if (clip_search)
+      (void)clip_candidates(clip, 2);  // checks --clip-widths now, not at the first search
     if (std::isnan(grad_clip)) fail_usage("--grad-clip must be a number (<= 0: off)");
-    if (!(val_fraction >= 0.0 && val_fraction < 1.0)) fail_usage("--val-fraction must be in [0, 1)");
+    if (!(val_fraction >= 0.0 && val_fraction < 1.0))
+      fail_usage("--val-fraction must be in [0, 1)");
   }
 
   nlohmann::json to_json() const {
@@ -206,13 +210,13 @@ struct TrainOptions {
 
 // The scalar state of a run at a checkpoint (the tensors travel separately).
 struct TrainerState {
-  int64_t step = 0;             // optimizer steps done
-  int64_t samples_seen = 0;     // data position: training sequences consumed so far
-  ClipInterval interval;        // the current training interval
+  int64_t step = 0;          // optimizer steps done
+  int64_t samples_seen = 0;  // data position: training sequences consumed so far
+  ClipInterval interval;     // the current training interval
   int64_t adam_step = 0;
   int64_t ema_updates = 0;
   int64_t tokens_seen = 0;
-  double elapsed_seconds = 0;   // training time over all sessions
+  double elapsed_seconds = 0;  // training time over all sessions
   TrainOptions options;
   nlohmann::json extra = nlohmann::json::object();  // free-form (data files, tokenizer spec...)
 
@@ -244,7 +248,8 @@ struct TrainerState {
     TrainerState s;
     try {
       if (j.at("format") != "bd3-trainer-state") fail(source + ": not a bd3 trainer state");
-      if (j.at("version") != 1) fail(source + ": unsupported trainer state version " + j.at("version").dump());
+      if (j.at("version") != 1)
+        fail(source + ": unsupported trainer state version " + j.at("version").dump());
       s.step = detail::json_integer<int64_t>(j, "step", source);
       s.samples_seen = detail::json_integer<int64_t>(j, "samples_seen", source);
       s.interval.eps_min = j.at("interval").at(0).get<double>();
@@ -309,7 +314,8 @@ struct CheckpointPointer {
 };
 
 // checkpoint.json (parsed); `source` names it in messages.
-inline CheckpointPointer parse_checkpoint_pointer(const nlohmann::json& j, const std::string& source) {
+inline CheckpointPointer parse_checkpoint_pointer(const nlohmann::json& j,
+                                                  const std::string& source) {
   CheckpointPointer p;
   try {
     if (j.at("format") != "bd3-checkpoint-pointer") fail(source + ": not a bd3 checkpoint pointer");
@@ -318,7 +324,8 @@ inline CheckpointPointer parse_checkpoint_pointer(const nlohmann::json& j, const
   } catch (const nlohmann::json::exception& e) {
     fail(source + ": " + e.what());
   }
-  if (p.current.empty() || p.current.find('/') != std::string::npos || p.current == "." || p.current == "..")
+  if (p.current.empty() || p.current.find('/') != std::string::npos || p.current == "." ||
+      p.current == "..")
     fail(source + ": bad checkpoint name '" + p.current + "'");
   return p;
 }
@@ -335,11 +342,13 @@ inline fs::path resolve_checkpoint_dir(const fs::path& dir) {
   if (!fs::is_directory(dir)) fail("model directory " + dir.string() + " does not exist");
   if (auto p = read_pointer(dir)) {
     auto d = dir / p->current;
-    if (!fs::is_directory(d)) fail(dir.string() + "/checkpoint.json points to a missing directory " + p->current);
+    if (!fs::is_directory(d))
+      fail(dir.string() + "/checkpoint.json points to a missing directory " + p->current);
     return d;
   }
   if (fs::exists(dir / "config.json")) return dir;
-  fail(dir.string() + " holds neither a model (config.json) nor a training checkpoint (checkpoint.json)");
+  fail(dir.string() +
+       " holds neither a model (config.json) nor a training checkpoint (checkpoint.json)");
 }
 
 // Writes one checkpoint of `step` into out_dir with the protocol above; `write_files`
@@ -354,7 +363,8 @@ inline fs::path commit_checkpoint(const fs::path& out_dir, int64_t step,
   if (ec) fail_io("cannot create " + out_dir.string() + ": " + ec.message());
   const std::string name = checkpoint_name(step);
   const auto previous = read_pointer(out_dir);
-  if (previous && previous->current == name && fs::is_directory(out_dir / name)) return out_dir / name;
+  if (previous && previous->current == name && fs::is_directory(out_dir / name))
+    return out_dir / name;
   const auto partial = out_dir / (name + ".partial");
   fs::remove_all(partial, ec);
   if (ec) fail_io("cannot remove " + partial.string() + ": " + ec.message());
@@ -371,7 +381,9 @@ inline fs::path commit_checkpoint(const fs::path& out_dir, int64_t step,
   fs::remove_all(final_dir, ec);  // a stale directory of this step that the pointer does not name
   if (ec) fail_io("cannot remove " + final_dir.string() + ": " + ec.message());
   fs::rename(partial, final_dir, ec);
-  if (ec) fail_io("cannot rename " + partial.string() + " to " + final_dir.string() + ": " + ec.message());
+  if (ec)
+    fail_io("cannot rename " + partial.string() + " to " + final_dir.string() + ": " +
+            ec.message());
   io::detail::fsync_directory(out_dir);
   if (after_rename_hook) after_rename_hook();
   // Commit point.
@@ -382,7 +394,8 @@ inline fs::path commit_checkpoint(const fs::path& out_dir, int64_t step,
   const auto link_tmp = out_dir / (std::string(kLatestLink) + ".tmp." + std::to_string(::getpid()));
   ::unlink(link_tmp.c_str());
   if (::symlink(name.c_str(), link_tmp.c_str()) == 0) {
-    if (::rename(link_tmp.c_str(), (out_dir / kLatestLink).c_str()) != 0) ::unlink(link_tmp.c_str());
+    if (::rename(link_tmp.c_str(), (out_dir / kLatestLink).c_str()) != 0)
+      ::unlink(link_tmp.c_str());
     io::detail::fsync_directory(out_dir);
   }
   // Garbage: older checkpoints, partial directories, stray temporary files.
@@ -401,15 +414,19 @@ inline fs::path commit_checkpoint(const fs::path& out_dir, int64_t step,
 
 // ---- Files of one checkpoint directory ---------------------------------------------------
 
-inline void write_trainer_tensors(const fs::path& path, const ParameterLayout& layout, std::span<const float> weights,
-                                  std::span<const float> m, std::span<const float> v) {
+inline void write_trainer_tensors(const fs::path& path, const ParameterLayout& layout,
+                                  std::span<const float> weights, std::span<const float> m,
+                                  std::span<const float> v) {
   const size_t n = size_t(layout.total());
-  if (weights.size() != n || m.size() != n || v.size() != n) fail("write_trainer_tensors: buffer sizes differ");
+  if (weights.size() != n || m.size() != n || v.size() != n)
+    fail("write_trainer_tensors: buffer sizes differ");
   std::vector<io::TensorToWrite> tensors;
   for (const auto& e : layout.entries()) {
-    tensors.push_back({"weights/" + e.name, e.shape, weights.subspan(size_t(e.offset), size_t(e.size))});
+    tensors.push_back(
+        {"weights/" + e.name, e.shape, weights.subspan(size_t(e.offset), size_t(e.size))});
     tensors.push_back({"exp_avg/" + e.name, e.shape, m.subspan(size_t(e.offset), size_t(e.size))});
-    tensors.push_back({"exp_avg_sq/" + e.name, e.shape, v.subspan(size_t(e.offset), size_t(e.size))});
+    tensors.push_back(
+        {"exp_avg_sq/" + e.name, e.shape, v.subspan(size_t(e.offset), size_t(e.size))});
   }
   io::write_safetensors(path, tensors, {{"format", "bd3-trainer-state"}});
 }
@@ -417,7 +434,8 @@ inline void write_trainer_tensors(const fs::path& path, const ParameterLayout& l
 // The tensors of trainer_state.safetensors (already opened and validated) into the three
 // flat buffers of `layout`.
 inline void read_trainer_tensors(const io::SafetensorsFile& file, const ParameterLayout& layout,
-                                 std::vector<float>& weights, std::vector<float>& m, std::vector<float>& v) {
+                                 std::vector<float>& weights, std::vector<float>& m,
+                                 std::vector<float>& v) {
   const std::string& source = file.source_name();
   const size_t n = size_t(layout.total());
   weights.assign(n, 0.0f), m.assign(n, 0.0f), v.assign(n, 0.0f);
@@ -434,24 +452,26 @@ inline void read_trainer_tensors(const io::SafetensorsFile& file, const Paramete
   }
 }
 
-inline void read_trainer_tensors(const fs::path& path, const ParameterLayout& layout, std::vector<float>& weights,
-                                 std::vector<float>& m, std::vector<float>& v) {
+inline void read_trainer_tensors(const fs::path& path, const ParameterLayout& layout,
+                                 std::vector<float>& weights, std::vector<float>& m,
+                                 std::vector<float>& v) {
   read_trainer_tensors(io::SafetensorsFile::open(path), layout, weights, m, v);
 }
 
 // Everything a checkpoint holds, in memory.
 struct TrainingCheckpoint {
-  ModelConfig config;            // sampling_eps_min/max = state.interval
-  std::vector<float> model;      // model.safetensors: EMA weights (raw without EMA)
-  std::vector<float> weights;    // raw weights
+  ModelConfig config;          // sampling_eps_min/max = state.interval
+  std::vector<float> model;    // model.safetensors: EMA weights (raw without EMA)
+  std::vector<float> weights;  // raw weights
   std::vector<float> exp_avg, exp_avg_sq;
   TrainerState state;
   std::optional<text::Tokenizer> tokenizer;
-  fs::path dir;                  // where it was read from
+  fs::path dir;  // where it was read from
 };
 
 // Writes the files of one checkpoint into dir (used inside commit_checkpoint).
-inline void write_checkpoint_files(const fs::path& dir, const ModelConfig& config, std::span<const float> model_weights,
+inline void write_checkpoint_files(const fs::path& dir, const ModelConfig& config,
+                                   std::span<const float> model_weights,
                                    std::span<const float> raw_weights, std::span<const float> m,
                                    std::span<const float> v, const TrainerState& state,
                                    const text::Tokenizer* tokenizer) {
@@ -461,7 +481,9 @@ inline void write_checkpoint_files(const fs::path& dir, const ModelConfig& confi
   io::write_file_atomic(dir / "trainer_state.json", state.to_json().dump(2) + "\n");
   // The loadable model last inside the directory (the directory is published whole anyway).
   save_checkpoint(dir, config, model_weights,
-                  {{"format", "pt"}, {"bd3_noise", state.options.noise}, {"bd3_step", std::to_string(state.step)}});
+                  {{"format", "pt"},
+                   {"bd3_noise", state.options.noise},
+                   {"bd3_step", std::to_string(state.step)}});
 }
 
 // Reads a training checkpoint from OUT (through its pointer) or from a checkpoint
@@ -476,9 +498,10 @@ inline TrainingCheckpoint load_training_checkpoint(const fs::path& dir) {
   ck.model = std::move(loaded.parameters);
   ck.state = TrainerState::from_json(read_json_file(ck.dir / "trainer_state.json"),
                                      (ck.dir / "trainer_state.json").string());
-  read_trainer_tensors(ck.dir / "trainer_state.safetensors", ParameterLayout(ck.config), ck.weights, ck.exp_avg,
-                       ck.exp_avg_sq);
-  const bool has_tokenizer = fs::exists(ck.dir / "tokenizer.json") || fs::exists(ck.dir / "vocab.json");
+  read_trainer_tensors(ck.dir / "trainer_state.safetensors", ParameterLayout(ck.config), ck.weights,
+                       ck.exp_avg, ck.exp_avg_sq);
+  const bool has_tokenizer =
+      fs::exists(ck.dir / "tokenizer.json") || fs::exists(ck.dir / "vocab.json");
   if (has_tokenizer) ck.tokenizer = text::Tokenizer::load_from(ck.dir);
   return ck;
 }
