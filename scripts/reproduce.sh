@@ -5,7 +5,8 @@
 # data-driven clipped schedule, all with the same model size and token budget; then
 # evaluates likelihood, noise-schedule variance, zero-shot likelihood on The Devil's
 # Dictionary (Debian dict-devil), generation quality against NFE, and sampler speed, and
-# writes docs/results.md with PNG plots (docs/results/). About 75 minutes on 2 cores.
+# writes docs/results.md with PNG plots (docs/results/); B'=4 and 16 are trained with a second
+# seed to measure the spread of training itself. About 90 minutes on 2 cores.
 #
 # Usage: scripts/reproduce.sh [output-dir]        (default: out/reproduce)
 # Environment: BD3_REPRO_STEPS (optimizer steps per model, default 400), BD3_REPRO_THREADS
@@ -32,7 +33,7 @@ run() {
   "$@"
 }
 
-step "1/8 Debian packages and build"
+step "1/9 Debian packages and build"
 "$root/scripts/deps.sh" dict-devil gnuplot-nox python3 jq
 if [ -n "${BD3_REPRO_BIN:-}" ]; then
   bd3=$BD3_REPRO_BIN
@@ -42,7 +43,7 @@ else
   bd3=$build/bd3
 fi
 
-step "2/8 corpora: King James Bible (training) and The Devil's Dictionary (zero-shot)"
+step "2/9 corpora: King James Bible (training) and The Devil's Dictionary (zero-shot)"
 corpus=$out/kjv.txt
 "$root/scripts/get_corpus.sh" "$corpus"
 zeroshot=$out/devil.txt
@@ -53,7 +54,7 @@ if [ ! -s "$zeroshot" ]; then
 fi
 echo "kjv: $(wc -c <"$corpus") bytes; devil: $(wc -c <"$zeroshot") bytes" >&2
 
-step "3/8 BPE tokenizer (4096 tokens) trained on the training corpus"
+step "3/9 BPE tokenizer (4096 tokens) trained on the training corpus"
 [ -s "$out/tokenizer/merges.txt" ] || run "$bd3" tokenizer train --data "$corpus" --vocab-size 4096 --out "$out/tokenizer"
 
 # name block-size extra-flags: the models. AR is block size 1 with every token masked
@@ -67,22 +68,27 @@ models=(
   "bd3-4-clip 4 --clip-search --clip-every 160 --clip-batches 2"
   "bd3-16-clip 16 --clip-search --clip-every 160 --clip-batches 2"
 )
-step "4/8 training ${#models[@]} models, $steps steps of 16 x 128 tokens each"
-for m in "${models[@]}"; do
-  read -r name bs extra <<<"$m"
-  dir=$out/models/$name
+# train NAME BLOCK SEED [EXTRA...]: trains one model into models/NAME (resumes a partial run).
+train() {
+  local name=$1 bs=$2 model_seed=$3 dir=$out/models/$1
+  shift 3
   if [ -f "$dir/checkpoint.json" ] && [ "$(jq -r .step "$dir/checkpoint.json")" = "$steps" ]; then
     echo "$name: trained" >&2
-    continue
+    return 0
   fi
-  resume=()
+  local resume=()
   [ -f "$dir/checkpoint.json" ] && resume=(--resume)
-  echo "training $name (block size $bs)" >&2
-  # shellcheck disable=SC2086
+  echo "training $name (block size $bs, seed $model_seed)" >&2
   run "$bd3" train --data "$corpus" --tokenizer "$out/tokenizer" --block-size "$bs" --length 128 \
     --layers 4 --hidden 256 --heads 4 --cond 128 --batch 16 --steps "$steps" --lr 1e-3 --warmup 50 \
-    --cosine --min-lr 1e-4 --seed "$seed" --threads "$threads" --checkpoint-every 200 \
-    --out "$dir" "${resume[@]}" $extra
+    --cosine --min-lr 1e-4 --seed "$model_seed" --threads "$threads" --checkpoint-every 200 \
+    --out "$dir" "${resume[@]}" "$@"
+}
+step "4/9 training ${#models[@]} models, $steps steps of 16 x 128 tokens each"
+for m in "${models[@]}"; do
+  read -r name bs extra <<<"$m"
+  # shellcheck disable=SC2086
+  train "$name" "$bs" "$seed" $extra
 done
 
 # eval_to FILE ARGS...: one JSON line into FILE, unless it is there already.
@@ -93,7 +99,7 @@ eval_to() {
   run "$bd3" eval "$@" --seed "$seed" --threads "$threads" --quiet >"$file.tmp"
   mv "$file.tmp" "$file"
 }
-step "5/8 likelihood: the perplexity bound on the held-out split, and zero-shot"
+step "5/9 likelihood: the perplexity bound on the held-out split, and zero-shot"
 for m in "${models[@]}"; do
   read -r name bs _ <<<"$m"
   full=()
@@ -104,7 +110,7 @@ for m in "${models[@]}"; do
   eval_to "$out/eval/$name.zeroshot.json" --model "$out/models/$name" --data "$zeroshot" --split all \
     --samples 2 --max-sequences "$eval_sequences" "${full[@]}"
 done
-step "6/8 noise schedules: the estimator's variance under each training interval"
+step "6/9 noise schedules: the estimator's variance under each training interval"
 schedule_sequences=$((eval_sequences > 0 ? eval_sequences : 128))
 for name in bd3-4 bd3-16 bd3-4-clip bd3-16-clip; do
   # The interval the model trained with (the clipped one is in its config.json).
@@ -130,7 +136,7 @@ gen() {
     mv "$file.score.json.tmp" "$file.score.json"
   fi
 }
-step "7/8 generation: generative perplexity (AR judge), entropy and NFE"
+step "7/9 generation: generative perplexity (AR judge), entropy and NFE"
 gen ar fh --first-hitting
 for spec in "bd3-4 4" "bd3-8 8" "bd3-16 16" "mdlm 128"; do
   read -r name bs <<<"$spec"
@@ -144,7 +150,7 @@ for name in bd3-4 bd3-16 mdlm; do
 done
 gen bd3-4 topp0.9 --first-hitting --top-p 0.9
 
-step "8/8 sampler speed with and without the KV cache (batch 1, 512 tokens)"
+step "8/9 sampler speed with and without the KV cache (batch 1, 512 tokens)"
 # speed NAME TAG [FLAGS...]: one sequence of 512 tokens (past the 128-token training
 # length, through the sliding window); tokens/s. BATCH=n speed ... samples n at once.
 speed() {
@@ -177,8 +183,19 @@ for name in bd3-4 bd3-16; do
   speed "$name" ddpm-half-nocache --steps "$([ "$name" = bd3-4 ] && echo 2 || echo 8)" --no-kv-cache
 done
 
+step "9/9 seed spread: B'=4 and B'=16 trained again with seed $((seed + 1))"
+# The likelihood table has one training seed per model; these two runs measure how far
+# the perplexity bound moves with the seed alone (initialisation, data order, masks).
+for spec in "bd3-4 4" "bd3-16 16"; do
+  read -r name bs <<<"$spec"
+  train "$name-seed$((seed + 1))" "$bs" "$((seed + 1))"
+  eval_to "$out/eval/$name-seed$((seed + 1)).json" --model "$out/models/$name-seed$((seed + 1))" --data "$corpus" \
+    --split validation --samples 4 --max-sequences "$eval_sequences"
+done
+
 end=$(date +%s)
-echo "$((end - start))" >"$out/last_run_seconds"
+# One line per invocation: a resumed run adds its own part (results.py sums them).
+echo "$((end - start))" >>"$out/run_seconds"
 step "writing $docs/results.md"
 run python3 "$root/scripts/results.py" --out "$out" --docs "$docs" --steps "$steps" --seed "$seed"
 echo "done in $((end - start)) s; results: $docs/results.md, runs: $out" >&2
