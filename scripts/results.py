@@ -135,6 +135,9 @@ def main():
           f"{s['tokens_per_s']:.0f} |")
     data["likelihood"] = lik
     w("")
+    if lik:
+        w(f"Wall time of the {2 * len(lik)} evaluations (test split and zero-shot): "
+          f"{sum(v['eval']['seconds'] + v['zeroshot']['seconds'] for v in lik.values()):.0f} s.\n")
     order = [n for n, _ in MODELS if n in lik]
     ppl = [lik[n]["eval"]["ppl"] for n in order]
     holds = all(ppl[i] < ppl[i + 1] for i in range(len(ppl) - 1))
@@ -276,6 +279,9 @@ def main():
                f"likelihood section ({2 * seed_widest:.2f} nats), so the perplexity side of the finding is not resolved\n"
                "by one seed, while the variance reduction is" if seed_widest and abs(math.log(p_clp / p_lin)) <= 2 * seed_widest
                else "") + ".\n")
+    sched_secs = sum(v[k]["seconds"] for v in sched.values() for k in ("train_interval", "full_interval"))
+    if sched:
+        w(f"Wall time of these {2 * len(sched)} evaluations: {sched_secs:.0f} s (training times: the likelihood table).\n")
     w(fmt_cmds(commands(out, "interval") + commands(out, "--samples 8"), 4))
 
     # ---------------------------------------------------------------- generation
@@ -299,7 +305,7 @@ def main():
         secs = max(s["seconds"] for s in samples)
         tps = sum(s["generated"] for s in samples) / secs if secs > 0 else float("nan")
         gens[base] = {"model": name, "tag": tag, "nfe": nfe, "nfe_per_token": nfe / gen_tokens,
-                      "gen_ppl": score["gen_ppl"], "entropy": score["entropy"], "tokens_per_s": tps,
+                      "gen_ppl": score["gen_ppl"], "entropy": score["entropy"], "tokens_per_s": tps, "seconds": secs,
                       "method": samples[0].get("method", tag)}
     data["generation"] = gens
     tag_order = ["fh", "topp0.9", "ddpm-half", "ddpm-quarter"] + [f"tau{t}" for t in ("0.95", "0.8", "0.6", "0.4", "0.2")]
@@ -397,6 +403,10 @@ def main():
             "set key below horizontal\nset title 'Generation quality against NFE (DDPM budgets and thresholds)'\n"
             "plot " + ", ".join(lines) + "\n", figdir):
         w("![generative perplexity against NFE](results/genppl_vs_nfe.png)\n")
+    if gens:
+        sample_secs = sum(g["seconds"] for g in gens.values())
+        w(f"Wall time of the sampling: {sample_secs:.0f} s for the {len(gens)} rows (batch 32, seed {a.seed}); the\n"
+          "judge's scoring is not timed.\n")
     w(fmt_cmds(commands(out, " sample ") + commands(out, " eval-gen "), 4))
 
     # ---------------------------------------------------------------- speed
