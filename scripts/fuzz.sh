@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (CMake preset "fuzz": clang, ASan + UBSan) and runs each one,
-# one after another, on a copy of its seed corpus (fuzz/corpus/<target>) kept in
+# Builds the libFuzzer targets (CMake preset "fuzz": clang, ASan + UBSan) and runs each one
+# (one after another, or --jobs at a time) on a copy of its seed corpus (fuzz/corpus/<target>) kept in
 # out/fuzz/<target>/corpus (it grows from run to run). Logs: out/fuzz/<target>.log; one
 # JSON line per target is appended to out/fuzz/summary.jsonl. Exits 1 when any target
 # found something (crash, leak, timeout, out-of-memory, UBSan report), 2 for bad usage.
 #
-# Usage: scripts/fuzz.sh [--seconds S | --runs N] [--jobs J] [target...]
+# Usage: scripts/fuzz.sh [--seconds S] [--runs N] [--jobs J] [target...]
 #   --seconds S   run each target for S seconds (default 60)
-#   --runs N      run each target for N executions instead
+#   --runs N      run each target for N executions instead (with --seconds: whichever
+#                 comes first)
 #   --jobs J      run J targets at once (default 1; one per core at most makes sense)
 #   target        fuzz_safetensors, ... or just safetensors (default: every fuzz/fuzz_*.cpp)
 set -euo pipefail
@@ -15,12 +16,13 @@ cd "$(dirname "$0")/.."
 
 usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
 seconds=60
+seconds_given=""
 runs=""
 jobs=1
 targets=()
 while (($#)); do
   case "$1" in
-    --seconds) seconds=${2:?--seconds needs a value}; runs=""; shift 2 ;;
+    --seconds) seconds=${2:?--seconds needs a value}; seconds_given=1; shift 2 ;;
     --runs) runs=${2:?--runs needs a value}; shift 2 ;;
     --jobs) jobs=${2:?--jobs needs a value}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -69,6 +71,10 @@ run_target() {
   if [[ -n "$runs" ]]; then
     args+=(-runs="$runs")
     limit="$runs runs"
+    if [[ -n "$seconds_given" ]]; then
+      args+=(-max_total_time="$seconds")
+      limit+=" or $seconds s"
+    fi
   else
     args+=(-max_total_time="$seconds")
     limit="$seconds s"
