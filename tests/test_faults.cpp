@@ -255,6 +255,7 @@ TEST_CASE("SIGKILL during training: the checkpoint loads, resume ends byte-ident
   const CliRun r = run_cli_measured(train_args(data, out, kSteps, 1, pointer_step(out) >= 0));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
+  for (const auto& f : debris(out)) UNSCOPED_INFO("left behind: " << f);
   CHECK(debris(out).empty());
   expect_identical(out, *reference, "after " + std::to_string(kills) + " kills");
 }

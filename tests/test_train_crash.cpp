@@ -113,10 +113,43 @@ TEST_CASE("a checkpoint survives SIGKILL at any moment of the write", "[train][c
   int stray = 0;
   for (auto& e : fs::directory_iterator(out)) {
     const auto f = e.path().filename().string();
-    stray += (f.starts_with("ckpt-") && f != checkpoint_name(base + 1)) || f.find(".tmp.") != std::string::npos;
+    stray += (f.starts_with("ckpt-") && f != checkpoint_name(base + 1)) ||
+             f.find(".tmp.") != std::string::npos;
   }
   CHECK(stray == 0);
   CHECK(load_and_check(out) == base + 1);
+  fs::remove_all(out);
+}
+
+TEST_CASE("temporary files of interrupted atomic writes are recognised", "[train][crash]") {
+  CHECK(io::is_atomic_temporary_name("tokens.cache.tmp.4242.0"));
+  CHECK(io::is_atomic_temporary_name("metrics.jsonl.tmp.1.17"));
+  CHECK(io::is_atomic_temporary_name("checkpoint.json.tmp.9.3"));
+  CHECK_FALSE(io::is_atomic_temporary_name("notes.tmp.txt"));
+  CHECK_FALSE(io::is_atomic_temporary_name("tokens.cache"));
+  CHECK_FALSE(io::is_atomic_temporary_name(".tmp.1.2"));
+  CHECK_FALSE(io::is_atomic_temporary_name("a.tmp.1"));
+  CHECK_FALSE(io::is_atomic_temporary_name("a.tmp.1."));
+  CHECK_FALSE(io::is_atomic_temporary_name("a.tmp..2"));
+  CHECK_FALSE(io::is_atomic_temporary_name("a.tmp.1x.2"));
+}
+
+TEST_CASE("a checkpoint save removes what killed atomic writes left in the directory",
+          "[train][crash]") {
+  // A SIGKILL inside write_file_atomic (the token cache, the metrics log) leaves its
+  // temporary file next to the target; the next checkpoint removes it and nothing else.
+  const auto out = fs::temp_directory_path() / ("bd3_test_crash_tmp_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  const auto tok = text::Tokenizer::bytes();
+  write_step(out, 1, tok);
+  for (const char* f : {"tokens.cache.tmp.4242.0", "metrics.jsonl.tmp.4242.3"})
+    io::write_file_atomic(out / f, "left by a killed writer");
+  io::write_file_atomic(out / "notes.tmp.txt", "the user's");
+  write_step(out, 2, tok);
+  CHECK_FALSE(fs::exists(out / "tokens.cache.tmp.4242.0"));
+  CHECK_FALSE(fs::exists(out / "metrics.jsonl.tmp.4242.3"));
+  CHECK(fs::exists(out / "notes.tmp.txt"));
+  CHECK(load_and_check(out) == 2);
   fs::remove_all(out);
 }
 
@@ -144,9 +177,13 @@ TEST_CASE("a failure before the commit point leaves the previous checkpoint", "[
   CHECK_FALSE(fs::exists(out / checkpoint_name(7)));
   CHECK_FALSE(fs::exists(out / checkpoint_name(5)));
   // A pointer to a missing directory, or a bad pointer, is an error, not a crash.
-  io::write_file_atomic(out / kPointerFile, R"({"format":"bd3-checkpoint-pointer","version":1,"current":"ckpt-00000099","step":99})");
+  io::write_file_atomic(
+      out / kPointerFile,
+      R"({"format":"bd3-checkpoint-pointer","version":1,"current":"ckpt-00000099","step":99})");
   CHECK_THROWS_AS(load_training_checkpoint(out), Error);
-  io::write_file_atomic(out / kPointerFile, R"({"format":"bd3-checkpoint-pointer","version":1,"current":"../etc","step":1})");
+  io::write_file_atomic(
+      out / kPointerFile,
+      R"({"format":"bd3-checkpoint-pointer","version":1,"current":"../etc","step":1})");
   CHECK_THROWS_AS(load_training_checkpoint(out), Error);
   fs::remove_all(out);
 }

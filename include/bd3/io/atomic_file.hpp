@@ -41,6 +41,19 @@ inline void fsync_directory(const std::filesystem::path& dir) {
 }
 }  // namespace detail
 
+// True for the name of a temporary file write_file_atomic* makes ("<target>.tmp.<pid>.<n>"):
+// one that a SIGKILL between its creation and its rename leaves behind.
+inline bool is_atomic_temporary_name(std::string_view name) {
+  const size_t at = name.rfind(".tmp.");
+  if (at == std::string_view::npos || at == 0) return false;
+  const std::string_view rest = name.substr(at + 5);  // "<pid>.<n>"
+  const size_t dot = rest.find('.');
+  if (dot == 0 || dot == std::string_view::npos || dot + 1 == rest.size()) return false;
+  for (size_t i = 0; i < rest.size(); ++i)
+    if (i != dot && (rest[i] < '0' || rest[i] > '9')) return false;
+  return true;
+}
+
 // Writes `chunks` (concatenated) to `path` atomically. Throws bd3::Error (io) on failure,
 // after removing the temporary file.
 template <class Chunks>

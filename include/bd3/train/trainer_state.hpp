@@ -398,12 +398,15 @@ inline fs::path commit_checkpoint(const fs::path& out_dir, int64_t step,
       ::unlink(link_tmp.c_str());
     io::detail::fsync_directory(out_dir);
   }
-  // Garbage: older checkpoints, partial directories, stray temporary files.
+  // Garbage: older checkpoints, partial directories, stray temporary files (of the pointer
+  // and the link, and of any atomic write a kill interrupted: the token cache, the
+  // metrics log). One writer per directory, so none of them is in flight.
   for (const auto& e : fs::directory_iterator(out_dir, ec)) {
     const std::string f = e.path().filename().string();
     const bool old_ckpt = f.starts_with("ckpt-") && f != name;
     const bool stray_tmp = f.starts_with(std::string(kPointerFile) + ".tmp.") ||
-                           f.starts_with(std::string(kLatestLink) + ".tmp.");
+                           f.starts_with(std::string(kLatestLink) + ".tmp.") ||
+                           io::is_atomic_temporary_name(f);
     if (old_ckpt || stray_tmp) {
       std::error_code ec2;
       fs::remove_all(e.path(), ec2);  // best effort
