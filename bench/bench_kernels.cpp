@@ -4,15 +4,22 @@
 // Counters: items_per_second = elements / s; bytes_per_second = the bytes the kernel
 // names (inputs read once + outputs written once), i.e. a lower bound on its traffic.
 // Inputs are kept in a steady state across iterations (no overflow, no subnormals).
-//   build/release/bench_kernels --benchmark_min_time=0.2
+// BM_linear: the decode linear kernels (kernels/gemm.hpp) against one Eigen GEMM on the
+// shapes of the trained models' decode calls (hidden 256: qkv, MLP in/out, output layer
+// of a 4097-token vocabulary), M = rows of the call; counter GFLOPs = 2 M K N / s.
+//   OMP_NUM_THREADS=1 build/release/bench_kernels --benchmark_min_time=0.2
+#include <bd3/kernels/gemm.hpp>
 #include <bd3/kernels/scalar.hpp>
 #include <bd3/kernels/simd.hpp>
+
+#include <Eigen/Dense>
 
 #include <benchmark/benchmark.h>
 
 #include <cmath>
 #include <cstddef>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -170,6 +177,40 @@ BD3_BENCH_PAIR(BM_gated_add);
 BD3_BENCH_PAIR(BM_dot);
 BD3_BENCH_PAIR(BM_axpy);
 #undef BD3_BENCH_PAIR
+
+enum class Linear { small_m, tiled, eigen };
+
+template <Linear L>
+void BM_linear(benchmark::State& state) {
+  const std::ptrdiff_t M = state.range(0), K = state.range(1), N = state.range(2);
+  auto x = random_vec(M * K, -1, 1, 1), W = random_vec(N * K, -1, 1, 2), b = random_vec(N, -1, 1, 3);
+  std::vector<float> y(static_cast<std::size_t>(M * N));
+  using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  for (auto _ : state) {
+    if constexpr (L == Linear::small_m) {
+      k::simd::linear_small_m(x.data(), M, K, W.data(), b.data(), N, y.data());
+    } else if constexpr (L == Linear::tiled) {
+      k::simd::linear_tiled(x.data(), M, K, W.data(), b.data(), N, y.data());
+    } else {
+      Eigen::Map<RowMat> Y(y.data(), M, N);
+      Y.noalias() = Eigen::Map<const RowMat>(x.data(), M, K) *
+                    Eigen::Map<const RowMat>(W.data(), N, K).transpose();
+      Y.rowwise() += Eigen::Map<const Eigen::RowVectorXf>(b.data(), N);
+    }
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOPs"] = benchmark::Counter(double(2 * M * K * N) * double(state.iterations()),
+                                                benchmark::Counter::kIsRate);
+}
+
+void linear_shapes(benchmark::internal::Benchmark* b) {
+  for (int M : {4, 8, 16, 32, 64, 128})
+    for (auto [K, N] : {std::pair{256, 768}, {256, 1024}, {1024, 256}, {256, 4097}})
+      b->Args({M, K, N});
+}
+BENCHMARK_TEMPLATE(BM_linear, Linear::small_m)->Apply(linear_shapes);
+BENCHMARK_TEMPLATE(BM_linear, Linear::tiled)->Apply(linear_shapes);
+BENCHMARK_TEMPLATE(BM_linear, Linear::eigen)->Apply(linear_shapes);
 
 }  // namespace
 

@@ -484,6 +484,55 @@ TEST_CASE("same seed, same samples, for any thread count and batch size", "[samp
   }
 }
 
+TEST_CASE("a batch changes no logit: decode rows are computed alone", "[sample][kv][batch]") {
+  // Three sequences through one batched cache against each through its own: every
+  // forward_block / fused / commit call gives bit-identical logits, past the window, on
+  // 2 threads (the batched call takes the tiled kernel and the per-sequence attention
+  // loop across threads; the single one the streaming kernel).
+  const auto cfg = tiny_config(40, 16, 4, 32, 2, 4);
+  auto model = random_model<Model<>>(cfg, 21, 0.4);
+  const int Bp = 4, V = cfg.vocab_size, batch = 3;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(2);
+  KVCache<float> together(cfg, batch);
+  std::vector<KVCache<float>> alone;
+  for (int b = 0; b < batch; ++b) alone.emplace_back(cfg, 1);
+  std::mt19937 rng(8);
+  std::uniform_int_distribution<int32_t> tok(0, V - 2);
+  auto block = [&] {
+    std::vector<int32_t> t(size_t(batch) * Bp);
+    for (auto& x : t) x = tok(rng);
+    return t;
+  };
+  std::vector<int32_t> previous;
+  for (int step = 0; step < 8; ++step) {  // 8 blocks of 4: twice the 16-token window
+    INFO("block " << step);
+    const auto noisy = block();
+    std::vector<float> all, one;
+    if (step % 2 == 1)
+      model.forward_block_fused(previous, noisy, together, all);
+    else
+      model.forward_block(noisy, together, all);
+    for (int b = 0; b < batch; ++b) {
+      const std::span<const int32_t> mine(noisy.data() + b * Bp, Bp);
+      if (step % 2 == 1)
+        model.forward_block_fused(std::span<const int32_t>(previous.data() + b * Bp, Bp), mine,
+                                  alone[b], one);
+      else
+        model.forward_block(mine, alone[b], one);
+      REQUIRE(one.size() == size_t(Bp) * V);
+      CHECK(std::equal(one.begin(), one.end(), all.begin() + ptrdiff_t(b) * Bp * V));
+    }
+    previous = block();
+    if (step % 2 == 1) {  // odd steps commit now; even steps inside the next (fused) call
+      model.commit_block(previous, together);
+      for (int b = 0; b < batch; ++b)
+        model.commit_block(std::span<const int32_t>(previous.data() + b * Bp, Bp), alone[b]);
+    }
+  }
+  omp_set_num_threads(threads);
+}
+
 TEST_CASE("bad sampler options are usage errors", "[sample][errors]") {
   auto model = random_model<Model<>>(tiny_config(12, 16, 4), 16, 0.5);
   auto usage = [&](auto tweak) {

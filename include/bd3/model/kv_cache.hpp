@@ -4,6 +4,7 @@
 // The window holds model_length tokens, the current block included, so at most
 // model_length - block_size committed tokens are kept; older blocks drop out. A cached
 // block keeps the keys and values it got when it was committed (SPEC "KV cache").
+#include <bd3/detail/huge_pages.hpp>
 #include <bd3/error.hpp>
 #include <bd3/model/config.hpp>
 
@@ -74,7 +75,8 @@ class KVCache {
   int n_layers_ = 0, dim_ = 0, window_ = 0, block_size_ = 1, batch_ = 1;
   int length_ = 0;
   int64_t next_position_ = 0;
-  std::vector<T> keys_, values_;
+  // Every decode call reads the whole window: huge pages where the system grants them.
+  std::vector<T, detail::HugePageAllocator<T>> keys_, values_;
 };
 
 }  // namespace bd3

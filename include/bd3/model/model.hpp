@@ -5,6 +5,7 @@
 //  (c) committing a clean block to the cache,
 //  (d) a full forward under the banded block-causal mask (what the cache computes).
 // Parameters live in one flat buffer described by ParameterLayout.
+#include <bd3/detail/huge_pages.hpp>
 #include <bd3/kernels/gemm.hpp>
 #include <bd3/kernels/kernels.hpp>
 #include <bd3/layers/attention.hpp>
@@ -206,7 +207,7 @@ class BlockDiffusionModel {
     std::vector<Scalar> x = decode_layers({}, tokens, cache);
     const int64_t rows = int64_t(cache.batch()) * block_size();
     std::vector<Scalar> mean, rstd, hf;
-    output_layer(x, rows, mean, rstd, hf, logits);
+    output_layer(x, rows, mean, rstd, hf, logits, true);
   }
 
   // Fused commit: commits the clean block `commit` [batch, B'] and runs the sampling
@@ -224,7 +225,7 @@ class BlockDiffusionModel {
                 current.begin() + int64_t(b) * Bp * D);
     cache.commit_scratch();
     std::vector<Scalar> mean, rstd, hf;
-    output_layer(current, int64_t(batch) * Bp, mean, rstd, hf, logits);
+    output_layer(current, int64_t(batch) * Bp, mean, rstd, hf, logits, true);
   }
 
   // (c) Commits a clean block [batch, B'] to the cache (one forward without the output
@@ -285,12 +286,14 @@ class BlockDiffusionModel {
   }
 
  private:
-  // y[N, out] = x[N, in] W^T (+ b). Few rows (decode) stream W once; many rows use GEMM.
+  // y[N, out] = x[N, in] W^T (+ b). Decode calls and few rows use the decode kernels
+  // (kernels/gemm.hpp: a row's result does not depend on the other rows of the call, so
+  // batched sampling draws what unbatched sampling draws); many rows use GEMM.
   static void linear(const Scalar* x, int64_t N, int64_t in, const Scalar* W, const Scalar* b,
-                     int64_t out, Scalar* y) {
+                     int64_t out, Scalar* y, bool decode = false) {
     if constexpr (std::is_same_v<Scalar, float>) {
-      if (N <= 4 * kernels::small_m_max_rows) {
-        kernels::simd::linear_small_m(x, N, in, W, b, out, y);
+      if (decode || N <= 4 * kernels::small_m_max_rows) {
+        kernels::simd::linear_few_rows(x, N, in, W, b, out, y);
         return;
       }
     }
@@ -478,14 +481,15 @@ class BlockDiffusionModel {
   }
 
   void output_layer(const std::vector<Scalar>& x, int64_t rows, std::vector<Scalar>& mean,
-                    std::vector<Scalar>& rstd, std::vector<Scalar>& hf,
-                    std::vector<Scalar>& logits) const {
+                    std::vector<Scalar>& rstd, std::vector<Scalar>& hf, std::vector<Scalar>& logits,
+                    bool decode = false) const {
     const int D = config_.hidden_dim, V = config_.vocab_size;
     mean.resize(rows), rstd.resize(rows), hf.resize(rows * D);
     norm_modulate(x.data(), rows, D, final_a_.data(), final_shift_.data(), hf.data(), mean.data(),
                   rstd.data());
     logits.resize(size_t(rows) * V);
-    linear(hf.data(), rows, D, param(layout_.out_w), param(layout_.out_b), V, logits.data());
+    linear(hf.data(), rows, D, param(layout_.out_w), param(layout_.out_b), V, logits.data(),
+           decode);
   }
 
   // The layers of a decode call. Rows per sequence: the optional clean block to commit
@@ -534,10 +538,10 @@ class BlockDiffusionModel {
       const auto& o = layout_.layers[l];
       const auto& m = mods_[l];
       norm_modulate(x.data(), N, D, m.a1.data(), m.shift1.data(), h.data(), nullptr, nullptr);
-      linear(h.data(), N, D, param(o.attn_qkv), nullptr, 3 * D, qkv.data());
+      linear(h.data(), N, D, param(o.attn_qkv), nullptr, 3 * D, qkv.data(), true);
       apply_rotary(
           qkv.data(), N, [R](int i) { return i % R; }, cos, sin);
-      for (int b = 0; b < batch; ++b) {
+      auto attend = [&](int b) {
         Scalar* K = cache.keys(l, b);
         Scalar* Vv = cache.values(l, b);
         for (int r = 0; r < R; ++r) {
@@ -551,15 +555,26 @@ class BlockDiffusionModel {
         args.out = att.data() + int64_t(b) * R * D, args.ldo = D;
         args.nq = R, args.nk = cached + R, args.n_heads = H, args.head_dim = Dh;
         attention_forward<Attention>(args, mask);
+      };
+      // A batch that can occupy the threads runs one sequence per thread (its attention
+      // then runs on that thread): one parallel region per layer instead of one per
+      // sequence. Otherwise each sequence's attention spreads over the threads. (Not an
+      // `if` clause: an inactive outer region would make every inner one a nested team,
+      // which libgomp builds afresh each time.)
+      if (batch > 1 && batch >= omp_get_max_threads()) {
+#pragma omp parallel for schedule(static)
+        for (int b = 0; b < batch; ++b) attend(b);
+      } else {
+        for (int b = 0; b < batch; ++b) attend(b);
       }
-      linear(att.data(), N, D, param(o.attn_out), nullptr, D, proj.data());
+      linear(att.data(), N, D, param(o.attn_out), nullptr, D, proj.data(), true);
       gate_add(x.data(), N, D, m.gate1.data(), proj.data());
       norm_modulate(x.data(), N, D, m.a2.data(), m.shift2.data(), h.data(), nullptr, nullptr);
-      linear(h.data(), N, D, param(o.mlp0_w), param(o.mlp0_b), F, pre.data());
+      linear(h.data(), N, D, param(o.mlp0_w), param(o.mlp0_b), F, pre.data(), true);
 #pragma omp parallel for schedule(static) if (N * F > 32768)
       for (int64_t i = 0; i < N; ++i)
         kernels::gelu_tanh<Scalar>(pre.data() + i * F, act.data() + i * F, F);
-      linear(act.data(), N, F, param(o.mlp2_w), param(o.mlp2_b), D, proj.data());
+      linear(act.data(), N, F, param(o.mlp2_w), param(o.mlp2_b), D, proj.data(), true);
       gate_add(x.data(), N, D, m.gate2.data(), proj.data());
     }
     return x;
@@ -569,7 +584,8 @@ class BlockDiffusionModel {
   Block block_;
   Noise noise_;
   ParameterLayout layout_;
-  std::vector<Scalar> params_;
+  // Decode streams all of it every call: huge pages where the system grants them.
+  std::vector<Scalar, detail::HugePageAllocator<Scalar>> params_;
   std::vector<Scalar> cond_, sigma_hidden_, sigma_out_;
   std::vector<Modulation<Scalar>> mods_;
   std::vector<Scalar> final_shift_, final_scale_, final_a_;
