@@ -61,8 +61,10 @@ void BM_scale_shift(benchmark::State& state) {
   const std::ptrdiff_t n = state.range(0);
   auto y = random_vec(n, -1, 1, 1), a = random_vec(n, 0.9f, 0.99f, 2), b = random_vec(n, -1, 1, 3);
   for (auto _ : state) {  // y -> y a + b converges to b / (1 - a)
-    if constexpr (I == Impl::simd) k::simd::scale_shift(y.data(), a.data(), b.data(), n);
-    else k::scalar::scale_shift(y.data(), a.data(), b.data(), n);
+    if constexpr (I == Impl::simd)
+      k::simd::scale_shift(y.data(), a.data(), b.data(), n);
+    else
+      k::scalar::scale_shift(y.data(), a.data(), b.data(), n);
     benchmark::ClobberMemory();
   }
   finish(state, n, 4 * n);
@@ -74,8 +76,10 @@ void BM_gelu_tanh(benchmark::State& state) {
   auto x = random_vec(n, -5, 5, 1);
   std::vector<float> y(x.size());
   for (auto _ : state) {
-    if constexpr (I == Impl::simd) k::simd::gelu_tanh(x.data(), y.data(), n);
-    else k::scalar::gelu_tanh(x.data(), y.data(), n);
+    if constexpr (I == Impl::simd)
+      k::simd::gelu_tanh(x.data(), y.data(), n);
+    else
+      k::scalar::gelu_tanh(x.data(), y.data(), n);
     benchmark::ClobberMemory();
   }
   finish(state, n, 2 * n);
@@ -86,8 +90,10 @@ void BM_softmax(benchmark::State& state) {
   const std::ptrdiff_t n = state.range(0);
   auto x = random_vec(n, -10, 10, 1);
   for (auto _ : state) {  // in place: later iterations see probabilities (same cost, no subnormals)
-    if constexpr (I == Impl::simd) k::simd::softmax(x.data(), n);
-    else k::scalar::softmax(x.data(), n);
+    if constexpr (I == Impl::simd)
+      k::simd::softmax(x.data(), n);
+    else
+      k::scalar::softmax(x.data(), n);
     benchmark::ClobberMemory();
   }
   finish(state, n, 2 * n);
@@ -109,14 +115,19 @@ void BM_rotary(benchmark::State& state) {
   const std::ptrdiff_t n = state.range(0);  // one "head" of size dh = n
   auto x = random_vec(n, -1, 1, 1);
   std::vector<float> c(std::size_t(n / 2)), s(std::size_t(n / 2));
-  for (std::size_t j = 0; j < c.size(); ++j) c[j] = std::cos(0.37f * float(j)), s[j] = std::sin(0.37f * float(j));
+  for (std::size_t j = 0; j < c.size(); ++j)
+    c[j] = std::cos(0.37f * float(j)), s[j] = std::sin(0.37f * float(j));
   for (auto _ : state) {
     if constexpr (I == Impl::simd) {
-      if constexpr (Transpose) k::simd::rotary_transpose(x.data(), c.data(), s.data(), n);
-      else k::simd::rotary(x.data(), c.data(), s.data(), n);
+      if constexpr (Transpose)
+        k::simd::rotary_transpose(x.data(), c.data(), s.data(), n);
+      else
+        k::simd::rotary(x.data(), c.data(), s.data(), n);
     } else {
-      if constexpr (Transpose) k::scalar::rotary_transpose(x.data(), c.data(), s.data(), n);
-      else k::scalar::rotary(x.data(), c.data(), s.data(), n);
+      if constexpr (Transpose)
+        k::scalar::rotary_transpose(x.data(), c.data(), s.data(), n);
+      else
+        k::scalar::rotary(x.data(), c.data(), s.data(), n);
     }
     benchmark::ClobberMemory();
   }
@@ -126,10 +137,13 @@ void BM_rotary(benchmark::State& state) {
 template <Impl I>
 void BM_gated_add(benchmark::State& state) {
   const std::ptrdiff_t n = state.range(0);
-  auto x = random_vec(n, -1, 1, 1), g = random_vec(n, -1e-3f, 1e-3f, 2), y = random_vec(n, -1, 1, 3);
+  auto x = random_vec(n, -1, 1, 1), g = random_vec(n, -1e-3f, 1e-3f, 2),
+       y = random_vec(n, -1, 1, 3);
   for (auto _ : state) {
-    if constexpr (I == Impl::simd) k::simd::gated_add(x.data(), g.data(), y.data(), n);
-    else k::scalar::gated_add(x.data(), g.data(), y.data(), n);
+    if constexpr (I == Impl::simd)
+      k::simd::gated_add(x.data(), g.data(), y.data(), n);
+    else
+      k::scalar::gated_add(x.data(), g.data(), y.data(), n);
     benchmark::ClobberMemory();
   }
   finish(state, n, 4 * n);
@@ -140,7 +154,8 @@ void BM_dot(benchmark::State& state) {
   const std::ptrdiff_t n = state.range(0);
   auto a = random_vec(n, -1, 1, 1), b = random_vec(n, -1, 1, 2);
   for (auto _ : state) {
-    float r = I == Impl::simd ? k::simd::dot(a.data(), b.data(), n) : k::scalar::dot(a.data(), b.data(), n);
+    float r = I == Impl::simd ? k::simd::dot(a.data(), b.data(), n)
+                              : k::scalar::dot(a.data(), b.data(), n);
     benchmark::DoNotOptimize(r);
   }
   finish(state, n, 2 * n);
@@ -152,16 +167,18 @@ void BM_axpy(benchmark::State& state) {
   auto x = random_vec(n, -1e-3f, 1e-3f, 1), y = random_vec(n, -1, 1, 2);
   float alpha = 0.5f;
   for (auto _ : state) {
-    if constexpr (I == Impl::simd) k::simd::axpy(alpha, x.data(), y.data(), n);
-    else k::scalar::axpy(alpha, x.data(), y.data(), n);
+    if constexpr (I == Impl::simd)
+      k::simd::axpy(alpha, x.data(), y.data(), n);
+    else
+      k::scalar::axpy(alpha, x.data(), y.data(), n);
     alpha = -alpha;  // y oscillates instead of drifting
     benchmark::ClobberMemory();
   }
   finish(state, n, 3 * n);
 }
 
-#define BD3_BENCH_PAIR(fn)                                       \
-  BENCHMARK_TEMPLATE(fn, Impl::simd)->Arg(768)->Arg(50258);      \
+#define BD3_BENCH_PAIR(fn)                                  \
+  BENCHMARK_TEMPLATE(fn, Impl::simd)->Arg(768)->Arg(50258); \
   BENCHMARK_TEMPLATE(fn, Impl::scalar)->Arg(768)->Arg(50258)
 
 BD3_BENCH_PAIR(BM_layer_norm);
@@ -183,7 +200,8 @@ enum class Linear { small_m, tiled, eigen };
 template <Linear L>
 void BM_linear(benchmark::State& state) {
   const std::ptrdiff_t M = state.range(0), K = state.range(1), N = state.range(2);
-  auto x = random_vec(M * K, -1, 1, 1), W = random_vec(N * K, -1, 1, 2), b = random_vec(N, -1, 1, 3);
+  auto x = random_vec(M * K, -1, 1, 1), W = random_vec(N * K, -1, 1, 2),
+       b = random_vec(N, -1, 1, 3);
   std::vector<float> y(static_cast<std::size_t>(M * N));
   using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   for (auto _ : state) {
