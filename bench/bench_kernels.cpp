@@ -6,7 +6,8 @@
 // Inputs are kept in a steady state across iterations (no overflow, no subnormals).
 // BM_linear: the decode linear kernels (kernels/gemm.hpp) against one Eigen GEMM on the
 // shapes of the trained models' decode calls (hidden 256: qkv, MLP in/out, output layer
-// of a 4097-token vocabulary), M = rows of the call; counter GFLOPs = 2 M K N / s.
+// of a 4097-token vocabulary; the `small` preset's output layer, 768 x 50258, read from
+// memory), M = rows of the call; counters GFLOPs = 2 M K N / s, W_GBps = 4 K N bytes / s.
 //   OMP_NUM_THREADS=1 build/release/bench_kernels --benchmark_min_time=0.2
 #include <bd3/kernels/gemm.hpp>
 #include <bd3/kernels/scalar.hpp>
@@ -219,12 +220,16 @@ void BM_linear(benchmark::State& state) {
   }
   state.counters["GFLOPs"] = benchmark::Counter(double(2 * M * K * N) * double(state.iterations()),
                                                 benchmark::Counter::kIsRate);
+  state.counters["W_GBps"] = benchmark::Counter(
+      1e-9 * double(4 * K * N) * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
 void linear_shapes(benchmark::internal::Benchmark* b) {
   for (int M : {4, 8, 16, 32, 64, 128})
     for (auto [K, N] : {std::pair{256, 768}, {256, 1024}, {1024, 256}, {256, 4097}})
       b->Args({M, K, N});
+  // The output layer of the `small` preset (154 MB: streamed from memory) at decode sizes.
+  for (int M : {1, 2, 4, 8}) b->Args({M, 768, 50258});
 }
 BENCHMARK_TEMPLATE(BM_linear, Linear::small_m)->Apply(linear_shapes);
 BENCHMARK_TEMPLATE(BM_linear, Linear::tiled)->Apply(linear_shapes);

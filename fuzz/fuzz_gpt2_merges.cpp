@@ -1,6 +1,6 @@
-// fuzz_gpt2_merges: merges.txt (fuzzed) with a fixed valid vocab.json ->
-// Gpt2Tokenizer::from_strings; a loaded tokenizer must round-trip text and reload from its own
-// vocab_json/merges_txt.
+// fuzz_gpt2_merges: merges.txt (fuzzed) over a fixed valid vocabulary ->
+// Gpt2Tokenizer::from_vocab_tokens (from_strings minus the vocab.json it reads once); a loaded
+// tokenizer must round-trip text and reload from its own merges_txt.
 #include "targets.hpp"
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {

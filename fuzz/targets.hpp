@@ -92,23 +92,28 @@ void check_round_trip(const Tok& tokenizer, std::string_view text, bool streamin
   }
 }
 
-// A loaded (fuzzed) GPT-2 tokenizer: encoding round trips, and the files save() writes
-// (vocab.json + merges.txt, or tokenizer.json) load back to the same tokenizer. The text
-// encoded is a fixed sample and the start of the input (enough for the long-piece path;
-// fuzz_encode_decode covers encoding in depth).
-inline void exercise_gpt2(const text::Gpt2Tokenizer& tokenizer, std::string_view input) {
+// A loaded (fuzzed) GPT-2 tokenizer: encoding round trips, and `reload` (a tokenizer read
+// back from the files save() writes) is the same tokenizer. The text encoded is a fixed
+// sample and the start of the input (enough for the long-piece path; fuzz_encode_decode
+// covers encoding in depth).
+template <class Reload>
+void exercise_gpt2(const text::Gpt2Tokenizer& tokenizer, std::string_view input, Reload reload) {
   check_round_trip(tokenizer, "Hello, world! <|endoftext|>  spaces\n\n\xff\xfe caf\xc3\xa9", false);
   check_round_trip(tokenizer, input.substr(0, 1024), false);
   try {
-    const auto again =
-        tokenizer.fits_gpt2_files()
-            ? text::Gpt2Tokenizer::from_strings(tokenizer.vocab_json(), tokenizer.merges_txt())
-            : text::Gpt2Tokenizer::from_tokenizer_json_string(tokenizer.tokenizer_json());
-    check(again.fingerprint() == tokenizer.fingerprint(), "the saved files reload the same");
+    check(reload(tokenizer).fingerprint() == tokenizer.fingerprint(),
+          "the saved files reload the same");
   } catch (const Error& e) {
     std::fprintf(stderr, "reload: %s\n", e.what());
     check(false, "the files save() writes load back");
   }
+}
+
+// Reloads through the files save() writes: vocab.json + merges.txt, or tokenizer.json.
+inline text::Gpt2Tokenizer reload_saved_files(const text::Gpt2Tokenizer& tokenizer) {
+  return tokenizer.fits_gpt2_files()
+             ? text::Gpt2Tokenizer::from_strings(tokenizer.vocab_json(), tokenizer.merges_txt())
+             : text::Gpt2Tokenizer::from_tokenizer_json_string(tokenizer.tokenizer_json());
 }
 
 // ---- the targets ------------------------------------------------------------------------
@@ -170,16 +175,24 @@ inline void config_json(std::string_view text) {
 inline void gpt2_vocab(std::string_view vocab_json) {
   static const std::string merges = small_gpt2().merges_txt();
   try {
-    exercise_gpt2(text::Gpt2Tokenizer::from_strings(vocab_json, merges), vocab_json);
+    exercise_gpt2(text::Gpt2Tokenizer::from_strings(vocab_json, merges), vocab_json,
+                  reload_saved_files);
   } catch (const Error&) {
   }
 }
 
-// The small tokenizer's vocab.json + merges.txt (fuzzed) -> Gpt2Tokenizer::from_strings.
+// merges.txt (fuzzed) over the small tokenizer's vocabulary. from_strings is read_vocab_json
+// + from_vocab_tokens; the vocabulary is fixed here, so it is read once (fuzz_gpt2_vocab
+// fuzzes that half), and the reload rereads only the merges.txt save() writes.
 inline void gpt2_merges(std::string_view merges_txt) {
-  static const std::string vocab = small_gpt2().vocab_json();
+  static const std::vector<std::string> vocab =
+      text::Gpt2Tokenizer::read_vocab_json(small_gpt2().vocab_json());
   try {
-    exercise_gpt2(text::Gpt2Tokenizer::from_strings(vocab, merges_txt), merges_txt);
+    exercise_gpt2(text::Gpt2Tokenizer::from_vocab_tokens(vocab, merges_txt), merges_txt,
+                  [](const text::Gpt2Tokenizer& tokenizer) {
+                    check(tokenizer.fits_gpt2_files(), "a vocab.json tokenizer fits its files");
+                    return text::Gpt2Tokenizer::from_vocab_tokens(vocab, tokenizer.merges_txt());
+                  });
   } catch (const Error&) {
   }
 }
@@ -187,7 +200,7 @@ inline void gpt2_merges(std::string_view merges_txt) {
 // A Hugging Face tokenizer.json -> Gpt2Tokenizer::from_tokenizer_json_string.
 inline void tokenizer_json(std::string_view text) {
   try {
-    exercise_gpt2(text::Gpt2Tokenizer::from_tokenizer_json_string(text), text);
+    exercise_gpt2(text::Gpt2Tokenizer::from_tokenizer_json_string(text), text, reload_saved_files);
   } catch (const Error&) {
   }
 }

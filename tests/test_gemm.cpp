@@ -39,8 +39,9 @@ void check_against_scalar(Kernel kernel, std::initializer_list<int> Ms,
 }  // namespace
 
 TEST_CASE("linear_small_m equals its scalar twin", "[kernels]") {
-  check_against_scalar(bd3::kernels::simd::linear_small_m, {1, 2, 3, 4, 5, 8, 9, 16, 17},
-                       {1, 5, 64}, 3);
+  // N covers every remainder of the W rows streamed together (1, 2 or 4 per step).
+  check_against_scalar(bd3::kernels::simd::linear_small_m, {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17},
+                       {1, 2, 3, 5, 6, 7, 64}, 3);
 }
 
 TEST_CASE("linear_tiled equals its scalar twin", "[kernels]") {
@@ -55,7 +56,7 @@ TEST_CASE("a row's result does not depend on the rows beside it", "[kernels][bat
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> dist(-1, 1);
   for (int K : {64, 68, 256})
-    for (int N : {5, 96}) {
+    for (int N : {5, 7, 96}) {
       const int M = 40, r0 = 8, R = 4;
       std::vector<float> x(M * K), W(N * K), b(N), all(M * N), alone(8 * N);
       for (auto* v : {&x, &W, &b})
@@ -68,6 +69,11 @@ TEST_CASE("a row's result does not depend on the rows beside it", "[kernels][bat
         for (int i = 0; i < R * N; ++i) REQUIRE(all[r0 * N + i] == alone[i]);
         for (int r : {1, 2, 3, 5, 8}) {  // every tile shape, as a row count of its own
           bd3::kernels::simd::linear_tiled(x.data() + r0 * K, r, K, W.data(), bp, N, alone.data());
+          for (int i = 0; i < r * N; ++i) REQUIRE(all[r0 * N + i] == alone[i]);
+        }
+        for (int r = 1; r <= 8; ++r) {  // every streaming shape (R rows x C W rows)
+          bd3::kernels::simd::linear_small_m(x.data() + r0 * K, r, K, W.data(), bp, N,
+                                             alone.data());
           for (int i = 0; i < r * N; ++i) REQUIRE(all[r0 * N + i] == alone[i]);
         }
       }

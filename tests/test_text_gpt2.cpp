@@ -412,6 +412,20 @@ TEST_CASE("gpt2: malformed tokenizer files are errors, never crashes", "[text][g
   CHECK(merges_error("#version: 0.2\na b c\n").find("one space") != std::string::npos);
   CHECK(merges_error("#version: 0.2\na b\na b\n").find("repeats") != std::string::npos);
   CHECK(merges_error("#version: 0.2\r\na b\r\n").find("(no error)") != std::string::npos);
+  // Messages name the file and line (merges.txt) or index (tokenizer.json) of the merge.
+  CHECK(merges_error("#version: 0.2\na b\n\nz a\n") ==
+        "merges.txt line 4: the merged token \"za\" is not in the vocabulary");
+  CHECK(error_of([&] {
+          nlohmann::json root = {{"model", {{"vocab", vocab}, {"merges", {"a b", "a qq"}}}}};
+          Gpt2Tokenizer::from_tokenizer_json_string(root.dump());
+        }) == "tokenizer.json: model.merges[1]: unknown token \"qq\"");
+  // One vocabulary read once, paired with several merge tables: the same tokenizers.
+  const auto read_tokens = Gpt2Tokenizer::read_vocab_json(good_vocab);
+  CHECK(read_tokens.size() == 258);
+  CHECK(Gpt2Tokenizer::from_vocab_tokens(read_tokens, good_merges).fingerprint() ==
+        tok.fingerprint());
+  CHECK(Gpt2Tokenizer::from_vocab_tokens(read_tokens, "").fingerprint() ==
+        Gpt2Tokenizer::from_strings(good_vocab, "").fingerprint());
 
   auto dir = fs::temp_directory_path() / "bd3_test_gpt2_bad";
   fs::create_directories(dir);

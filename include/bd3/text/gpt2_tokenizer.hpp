@@ -116,17 +116,17 @@ class Gpt2Model {
     table_.reserve(merges_.size());
     for (size_t r = 0; r < merges_.size(); ++r) {
       auto [a, b] = merges_[r];
-      const std::string where = source + ": merge " + std::to_string(r);
+      const auto where = [&] { return source + ": merge " + std::to_string(r); };
       if (a < 0 || b < 0 || size_t(a) >= n || size_t(b) >= n)
-        fail(where + " refers to a token id out of range");
-      if (special_[a] || special_[b]) fail(where + " uses a special token");
+        fail(where() + " refers to a token id out of range");
+      if (special_[a] || special_[b]) fail(where() + " uses a special token");
       std::string joined = std::string(token(a)) + std::string(token(b));
       auto it = by_bytes_.find(std::string_view(joined));
       if (it == by_bytes_.end())
-        fail(where + " (" + quote(token(a)) + " + " + quote(token(b)) +
+        fail(where() + " (" + quote(token(a)) + " + " + quote(token(b)) +
              ") makes a token that is not in the vocabulary");
       if (!table_.insert(a, b, static_cast<uint32_t>(r), it->second))
-        fail(where + " repeats an earlier merge (" + quote(token(a)) + " + " + quote(token(b)) +
+        fail(where() + " repeats an earlier merge (" + quote(token(a)) + " + " + quote(token(b)) +
              ")");
     }
     Hasher h;
@@ -452,7 +452,15 @@ class VocabJsonReader : public nlohmann::json_sax<nlohmann::json> {
 
 struct MergeText {
   std::string left, right;
-  std::string where;  // for messages: "merges.txt line 7"
+  size_t place = 0;  // line of merges.txt or index in tokenizer.json's model.merges
+};
+
+// Where a merge came from, for messages: prefix + place + suffix ("merges.txt line 7",
+// "tokenizer.json: model.merges[6]"). Built only when a message is, not once per merge.
+struct MergePlace {
+  std::string prefix;
+  const char* suffix = "";
+  std::string operator()(size_t place) const { return prefix + std::to_string(place) + suffix; }
 };
 
 // Turns vocabulary strings (byte-level text; special tokens literal) and merges given as
@@ -460,6 +468,7 @@ struct MergeText {
 inline std::shared_ptr<const Gpt2Model> build_from_strings(const std::vector<std::string>& strings,
                                                            std::vector<uint8_t> special,
                                                            const std::vector<MergeText>& merges,
+                                                           const MergePlace& where,
                                                            const std::string& source) {
   std::vector<std::string> bytes(strings.size());
   for (size_t id = 0; id < strings.size(); ++id) {
@@ -478,11 +487,11 @@ inline std::shared_ptr<const Gpt2Model> build_from_strings(const std::vector<std
   std::string joined;
   for (const MergeText& m : merges) {
     auto a = ids.find(m.left), b = ids.find(m.right);
-    if (a == ids.end()) fail(m.where + ": unknown token " + quote(m.left));
-    if (b == ids.end()) fail(m.where + ": unknown token " + quote(m.right));
+    if (a == ids.end()) fail(where(m.place) + ": unknown token " + quote(m.left));
+    if (b == ids.end()) fail(where(m.place) + ": unknown token " + quote(m.right));
     joined = m.left + m.right;
     if (ids.find(std::string_view(joined)) == ids.end())
-      fail(m.where + ": the merged token " + quote(joined) + " is not in the vocabulary");
+      fail(where(m.place) + ": the merged token " + quote(joined) + " is not in the vocabulary");
     pairs.emplace_back(a->second, b->second);
   }
   return std::make_shared<const Gpt2Model>(std::move(bytes), std::move(special), std::move(pairs),
@@ -501,16 +510,16 @@ inline std::vector<MergeText> parse_merges_txt(std::string_view text, const std:
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty()) continue;
     if (line_no == 1 && line.starts_with("#version")) continue;
-    const std::string where = source + " line " + std::to_string(line_no);
-    if (line.size() > 4 * kMaxTokenBytes) fail(where + ": line too long");
+    const auto where = [&] { return source + " line " + std::to_string(line_no); };
+    if (line.size() > 4 * kMaxTokenBytes) fail(where() + ": line too long");
     const size_t space = line.find(' ');
     if (space == 0 || space == std::string_view::npos || space + 1 == line.size() ||
         line.find(' ', space + 1) != std::string_view::npos)
-      fail(where + ": expected two tokens separated by one space, got " + quote(line));
+      fail(where() + ": expected two tokens separated by one space, got " + quote(line));
     if (merges.size() >= kMaxVocabSize)
       fail(source + ": more than " + std::to_string(kMaxVocabSize) + " merges");
-    merges.push_back(
-        MergeText{std::string(line.substr(0, space)), std::string(line.substr(space + 1)), where});
+    merges.push_back(MergeText{std::string(line.substr(0, space)),
+                               std::string(line.substr(space + 1)), line_no});
   }
   return merges;
 }
@@ -532,19 +541,35 @@ class Gpt2Tokenizer {
   static Gpt2Tokenizer from_strings(std::string_view vocab_json, std::string_view merges_txt,
                                     const std::string& vocab_name = "vocab.json",
                                     const std::string& merges_name = "merges.txt") {
-    if (vocab_json.size() > kMaxTokenizerFileBytes) fail(vocab_name + " is too large");
     if (merges_txt.size() > kMaxTokenizerFileBytes) fail(merges_name + " is too large");
+    return from_vocab_tokens(read_vocab_json(vocab_json, vocab_name), merges_txt, vocab_name,
+                             merges_name);
+  }
+
+  // The tokens of a vocab.json by id, as written in the file (GPT-2's byte-level text).
+  static std::vector<std::string> read_vocab_json(std::string_view vocab_json,
+                                                  const std::string& vocab_name = "vocab.json") {
+    if (vocab_json.size() > kMaxTokenizerFileBytes) fail(vocab_name + " is too large");
     detail::VocabJsonReader reader(vocab_name);
     const bool ok = nlohmann::json::sax_parse(vocab_json.begin(), vocab_json.end(), &reader);
     if (!ok || !reader.error.empty())
       fail(vocab_name + ": " + (reader.error.empty() ? "malformed JSON" : reader.error));
     reader.finish();
-    std::vector<uint8_t> special(reader.tokens.size(), 0);
-    for (size_t id = 0; id < reader.tokens.size(); ++id)
-      special[id] = reader.tokens[id] == kEndOfText;
-    auto merges = detail::parse_merges_txt(merges_txt, merges_name);
-    return Gpt2Tokenizer(
-        detail::build_from_strings(reader.tokens, std::move(special), merges, vocab_name));
+    return std::move(reader.tokens);
+  }
+
+  // A vocabulary from read_vocab_json with a merges.txt: several merge tables over one
+  // vocabulary without reading it again.
+  static Gpt2Tokenizer from_vocab_tokens(const std::vector<std::string>& vocab,
+                                         std::string_view merges_txt,
+                                         const std::string& vocab_name = "vocab.json",
+                                         const std::string& merges_name = "merges.txt") {
+    if (merges_txt.size() > kMaxTokenizerFileBytes) fail(merges_name + " is too large");
+    std::vector<uint8_t> special(vocab.size(), 0);
+    for (size_t id = 0; id < vocab.size(); ++id) special[id] = vocab[id] == kEndOfText;
+    const auto merges = detail::parse_merges_txt(merges_txt, merges_name);
+    return Gpt2Tokenizer(detail::build_from_strings(vocab, std::move(special), merges,
+                                                    {merges_name + " line "}, vocab_name));
   }
 
   // A Hugging Face tokenizer.json of a byte-level BPE model: model.vocab, model.merges
@@ -634,22 +659,24 @@ class Gpt2Tokenizer {
       if (!mj->is_array()) fail(source + ": model.merges is not an array");
       size_t index = 0;
       for (auto& m : *mj) {
-        const std::string where = source + ": model.merges[" + std::to_string(index++) + "]";
+        const size_t place = index++;
+        const auto where = [&] { return source + ": model.merges[" + std::to_string(place) + "]"; };
         if (m.is_string()) {
           auto s = m.get<std::string>();
           const size_t space = s.find(' ');
           if (space == 0 || space == std::string::npos || space + 1 == s.size() ||
               s.find(' ', space + 1) != std::string::npos)
-            fail(where + ": expected two tokens separated by one space");
-          merges.push_back({s.substr(0, space), s.substr(space + 1), where});
+            fail(where() + ": expected two tokens separated by one space");
+          merges.push_back({s.substr(0, space), s.substr(space + 1), place});
         } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-          merges.push_back({m[0].get<std::string>(), m[1].get<std::string>(), where});
+          merges.push_back({m[0].get<std::string>(), m[1].get<std::string>(), place});
         } else {
-          fail(where + ": expected \"a b\" or [\"a\", \"b\"]");
+          fail(where() + ": expected \"a b\" or [\"a\", \"b\"]");
         }
       }
     }
-    return Gpt2Tokenizer(detail::build_from_strings(strings, std::move(special), merges, source));
+    return Gpt2Tokenizer(detail::build_from_strings(strings, std::move(special), merges,
+                                                    {source + ": model.merges[", "]"}, source));
   }
 
   // From raw token bytes (by id), special flags and merges as id pairs in rank order.
