@@ -92,7 +92,8 @@ run_target() {
   if ((rc == 0)); then
     result=ok
   else
-    result=$(grep -o "Test unit written to [^ ]*" "$dir.log" | tail -1 | sed 's/Test unit written to //')
+    # (|| true: with pipefail an interrupted run, which writes no unit, must still be logged)
+    result=$({ grep -o "Test unit written to [^ ]*" "$dir.log" || true; } | tail -1 | sed 's/Test unit written to //')
     result=${result:-"exit code $rc, see $dir.log"}
   fi
   printf '{"target": "%s", "executions": %s, "seconds": %s, "exec_per_s": %s, "peak_rss_mb": %s, "result": "%s", "date": "%s"}\n' \
