@@ -38,10 +38,11 @@ void linear_small_m(const T* x, int64_t M, int64_t K, const T* W, const T* b, in
 namespace simd {
 namespace detail {
 // How far ahead (in floats) dot_rows asks for W: the hardware prefetcher alone leaves the
-// FMA loop waiting on memory. Measured on the `small` output layer (768 x 50258, 154 MB,
-// 2 threads): 4 rows 30.7 -> 33.6 GB/s at 256 floats (1 KiB) ahead, 8 rows 20.7 -> 24.3
-// at 512; farther is slower. (Streaming two W rows at once instead, for more FMA chains,
-// was slower from memory: 25 -> 15 GB/s for 4 rows.)
+// FMA loop waiting on memory. On the `small` output layer (768 x 50258, 154 MB, 2 threads;
+// bench_kernels BM_linear, docs/benchmarks.md): 4 rows 25.0 -> 26.5 GB/s, 8 rows 17.4 ->
+// 21.1; a scan of distances put the best at 1 KiB for 4 rows and 2 KiB for 8, farther
+// being slower. (Streaming two W rows at once instead, for more FMA chains, was slower
+// from memory: 25 -> 15 GB/s for 4 rows.)
 template <int R>
 inline constexpr int64_t prefetch_distance = R <= 4 ? 256 : 512;
 
