@@ -1,5 +1,6 @@
 // Forward (vectorized training pass) and KV-cached decode throughput of the model, per
-// attention backend, on random weights of the "mid" and "small" presets.
+// attention backend, on random weights of the "mid" and "small" presets; decode attention
+// alone, decode kernel against tiles.
 // Run: build/release/bench_model --benchmark_counters_tabular=true
 #include <bd3/bd3.hpp>
 
@@ -73,6 +74,39 @@ void BM_Decode(benchmark::State& state) {
   state.counters["NFE/s"] = benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Decode attention alone: one group of `rows` query rows (the block) against a full window
+// of the `small` preset (1024 keys, 12 heads of 64) in each of 12 layers' caches (75 MB,
+// so from memory as in decode), with the decode kernel or with the tiles' GEMMs.
+template <bool Kernel>
+void BM_DecodeAttention(benchmark::State& state) {
+  const int rows = int(state.range(0)), nk = 1024, H = 12, Dh = 64, D = H * Dh, layers = 12;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> d(-1, 1);
+  std::vector<std::vector<float, bd3::detail::HugePageAllocator<float>>> K(layers), V(layers);
+  for (int l = 0; l < layers; ++l) {
+    K[l].resize(size_t(nk) * D), V[l].resize(size_t(nk) * D);
+    for (auto& x : K[l]) x = d(rng);
+    for (auto& x : V[l]) x = d(rng);
+  }
+  std::vector<float> q(size_t(rows) * 3 * D), out(size_t(rows) * D);
+  for (auto& x : q) x = d(rng);
+  bd3::DecodeMask mask{rows, 1, {{0, nk}, {}}};
+  for (auto _ : state) {
+    for (int l = 0; l < layers; ++l) {
+      bd3::AttentionArgs<float> a;
+      a.q = q.data(), a.ldq = 3 * D, a.k = K[l].data(), a.v = V[l].data(), a.ldk = a.ldv = D;
+      a.out = out.data(), a.ldo = D, a.nq = rows, a.nk = nk, a.n_heads = H, a.head_dim = Dh;
+      if constexpr (Kernel)
+        bd3::detail::attention_decode(a, mask);
+      else
+        bd3::detail::attention_block_sparse(a, mask);
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["GB/s"] = benchmark::Counter(2.0 * layers * nk * D * sizeof(float),
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
 
 // First argument: 0 = mid preset, 1 = small preset.
@@ -98,6 +132,23 @@ BENCHMARK_TEMPLATE(BM_Decode, bd3::BlockSparseAttention)
 BENCHMARK_TEMPLATE(BM_Decode, bd3::SimdAttention)
     ->Args({0, 1})
     ->Args({1, 1})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+BENCHMARK_TEMPLATE(BM_DecodeAttention, true)
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(4)
+    ->Arg(8)
+    ->Arg(16)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_DecodeAttention, false)
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(4)
+    ->Arg(8)
+    ->Arg(16)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

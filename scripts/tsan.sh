@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/deps.sh" clang libomp-14-dev
-tests=(test_threads test_kernels test_gemm test_sample test_text_gpt2 test_text_bpe)
+tests=(test_threads test_kernels test_gemm test_attention test_sample test_text_gpt2 test_text_bpe)
 cd "$root"
 cmake --preset tsan >/dev/null
 cmake --build build/tsan -j "$(nproc)" --target "${tests[@]}"

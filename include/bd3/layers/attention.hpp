@@ -5,11 +5,14 @@
 #include <bd3/kernels/kernels.hpp>
 #include <bd3/policies/attention.hpp>
 
+#include <omp.h>
 #include <Eigen/Dense>
+#include <xsimd/xsimd.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace bd3 {
@@ -217,16 +220,171 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
   }
 }
 
+// Rows per decode group up to which attention_decode replaces the tiles (whose GEMMs, for
+// a few rows, spend about as long packing a head's keys and values as multiplying them).
+// bench_model BM_DecodeAttention on the `small` cache: faster up to 8 rows, even at 16.
+inline constexpr int decode_kernel_max_rows = 8;
+
+// out[d] = sum_j p[j] v[j * ldv + d] for d in [0, NV lanes): NV vectors of accumulators
+// stay in registers for the whole pass over the keys.
+template <int NV, class T>
+void weighted_value_chunk(const T* p, const T* v, int64_t ldv, int nk, T* out) {
+  using batch = xsimd::batch<T>;
+  constexpr int L = int(batch::size);
+  batch acc[NV];
+  for (int c = 0; c < NV; ++c) acc[c] = batch(T(0));
+  for (int j = 0; j < nk; ++j) {
+    const batch pj(p[j]);
+    const T* vj = v + int64_t(j) * ldv;
+    for (int c = 0; c < NV; ++c) acc[c] = xsimd::fma(pj, batch::load_unaligned(vj + c * L), acc[c]);
+  }
+  for (int c = 0; c < NV; ++c) acc[c].store_unaligned(out + c * L);
+}
+
+// out[0, Dh) = sum_j p[j] v[j][0, Dh): chunks of up to 8 vectors, then the last Dh % lanes
+// columns one by one (each column is one chain over j, in key order, whatever the chunking).
+template <class T>
+void weighted_values(const T* p, const T* v, int64_t ldv, int nk, int Dh, T* out) {
+  using batch = xsimd::batch<T>;
+  constexpr int L = int(batch::size);
+  int d = 0;
+  for (; d + L <= Dh;) {
+    const int nv = std::min(8, (Dh - d) / L);
+    switch (nv) {
+      case 1:
+        weighted_value_chunk<1>(p, v + d, ldv, nk, out + d);
+        break;
+      case 2:
+        weighted_value_chunk<2>(p, v + d, ldv, nk, out + d);
+        break;
+      case 3:
+        weighted_value_chunk<3>(p, v + d, ldv, nk, out + d);
+        break;
+      case 4:
+        weighted_value_chunk<4>(p, v + d, ldv, nk, out + d);
+        break;
+      case 5:
+        weighted_value_chunk<5>(p, v + d, ldv, nk, out + d);
+        break;
+      case 6:
+        weighted_value_chunk<6>(p, v + d, ldv, nk, out + d);
+        break;
+      case 7:
+        weighted_value_chunk<7>(p, v + d, ldv, nk, out + d);
+        break;
+      default:
+        weighted_value_chunk<8>(p, v + d, ldv, nk, out + d);
+        break;
+    }
+    d += nv * L;
+  }
+  for (; d < Dh; ++d) {
+    T s = T(0);
+    for (int j = 0; j < nk; ++j) s += p[j] * v[int64_t(j) * ldv + d];
+    out[d] = s;
+  }
+}
+
+// s[r * nk + j] = scale * q_r . k_j for rows q_r = q + r * ldq (r < nq) and keys
+// k_j = k + j * ldk (j < nk). A lanes-wide group of keys at a time (in L1 for every row):
+// one accumulator per key, reduced together by haddp into a vector of scores, one
+// horizontal reduction per group instead of one per key. Remainders: the last Dh % lanes
+// terms, then the last nk % lanes keys, in scalar order.
+template <class T>
+void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ldk, int nk, T scale,
+                 T* s) {
+  using batch = xsimd::batch<T>;
+  constexpr int L = int(batch::size);
+  const int dv = Dh - Dh % L;
+  int j = 0;
+  for (; j + L <= nk; j += L) {
+    const T* kj = k + int64_t(j) * ldk;
+    for (int r = 0; r < nq; ++r) {
+      const T* qr = q + int64_t(r) * ldq;
+      batch acc[L];
+      for (int c = 0; c < L; ++c) acc[c] = batch(T(0));
+      for (int d = 0; d < dv; d += L) {
+        const batch qv = batch::load_unaligned(qr + d);
+        for (int c = 0; c < L; ++c)
+          acc[c] = xsimd::fma(qv, batch::load_unaligned(kj + int64_t(c) * ldk + d), acc[c]);
+      }
+      T* out = s + int64_t(r) * nk + j;
+      if (dv == Dh) {
+        (xsimd::haddp(acc) * batch(scale)).store_unaligned(out);
+        continue;
+      }
+      alignas(64) T sums[L];
+      xsimd::haddp(acc).store_aligned(sums);
+      for (int c = 0; c < L; ++c) {
+        T t = sums[c];
+        for (int d = dv; d < Dh; ++d) t += qr[d] * kj[int64_t(c) * ldk + d];
+        out[c] = t * scale;
+      }
+    }
+  }
+  for (; j < nk; ++j) {
+    const T* kj = k + int64_t(j) * ldk;
+    for (int r = 0; r < nq; ++r) {
+      const T* qr = q + int64_t(r) * ldq;
+      batch acc(T(0));
+      for (int d = 0; d < dv; d += L)
+        acc = xsimd::fma(batch::load_unaligned(qr + d), batch::load_unaligned(kj + d), acc);
+      T t = xsimd::hadd(acc);
+      for (int d = dv; d < Dh; ++d) t += qr[d] * kj[d];
+      s[int64_t(r) * nk + j] = t * scale;
+    }
+  }
+}
+
+// Decode (DecodeMask: groups of block_size query rows, each against one contiguous key
+// range, so no score is masked): per head, the scores of a row, its softmax, then its
+// weighted values, all with register-blocked loops over the head's keys and values in
+// place (no packing). Threads take contiguous ranges of heads; a head is one thread's
+// work whatever the thread count, so the numbers do not depend on it.
+template <class T>
+void attention_decode(const AttentionArgs<T>& a, const DecodeMask& mask) {
+  const int Dh = a.head_dim, H = a.n_heads;
+  const T scale = T(1) / std::sqrt(T(Dh));
+#pragma omp parallel if (H > 1)
+  {
+    const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const int h0 = H * t / nt, h1 = H * (t + 1) / nt;
+    std::vector<T> s;
+    for (int g = 0; g < mask.groups; ++g) {
+      const int i0 = g * mask.block_size, ni = std::min(mask.block_size, a.nq - i0);
+      const KeyRange keys = mask.ranges[g];
+      const int nk = keys.size();
+      s.resize(size_t(ni) * nk);
+      for (int h = h0; h < h1; ++h) {
+        const T* kh = a.k + int64_t(keys.begin) * a.ldk + h * Dh;
+        const T* vh = a.v + int64_t(keys.begin) * a.ldv + h * Dh;
+        scores_rows(a.q + int64_t(i0) * a.ldq + h * Dh, a.ldq, ni, Dh, kh, a.ldk, nk, scale,
+                    s.data());
+        for (int r = 0; r < ni; ++r) {
+          T* row = s.data() + size_t(r) * nk;
+          if (a.lse) a.lse[h * a.nq + i0 + r] = kernels::logsumexp<T>(row, nk);
+          kernels::softmax<T>(row, nk);
+          weighted_values(row, vh, a.ldv, nk, Dh, a.out + int64_t(i0 + r) * a.ldo + h * Dh);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace detail
 
 template <AttentionBackend A, class T, class Mask>
 void attention_forward(const AttentionArgs<T>& args, const Mask& mask) {
-  if constexpr (A::kind == AttentionKind::scalar)
+  if constexpr (A::kind == AttentionKind::scalar) {
     detail::attention_dense<T, Mask, false>(args, mask);
-  else if constexpr (A::kind == AttentionKind::simd)
+  } else if constexpr (A::kind == AttentionKind::simd) {
     detail::attention_dense<T, Mask, true>(args, mask);
-  else
+  } else {
+    if constexpr (std::is_same_v<Mask, DecodeMask>)
+      if (mask.block_size <= detail::decode_kernel_max_rows)
+        return detail::attention_decode(args, mask);
     detail::attention_block_sparse<T>(args, mask);
+  }
 }
 
 }  // namespace bd3

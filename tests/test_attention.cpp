@@ -1,0 +1,121 @@
+// Decode attention (DecodeMask: one or two groups of a block's query rows, each against a
+// contiguous key range) of the block-sparse backend (its decode kernel up to
+// detail::decode_kernel_max_rows rows per group, its tiles above) and the SIMD backend
+// against the scalar reference loops, for head sizes and key counts on both sides of the
+// SIMD width, in float and double, with the log-sum-exp; and the same bits with 1 and 3
+// threads.
+#include <catch2/catch.hpp>
+
+#include <bd3/layers/attention.hpp>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+using namespace bd3;
+
+namespace {
+
+template <class T>
+struct DecodeCase {
+  int block_size, groups, n_heads, head_dim;
+  KeyRange ranges[2];
+  int nk() const { return std::max(ranges[0].end, groups == 2 ? ranges[1].end : 0); }
+  int nq() const { return groups * block_size; }
+  int dim() const { return n_heads * head_dim; }
+  std::vector<T> q, k, v;
+
+  void fill(unsigned seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<double> d(-2, 2);
+    // q rows with a stride wider than the heads (as the model's packed qkv rows).
+    q.resize(size_t(nq()) * 3 * dim());
+    k.resize(size_t(nk()) * dim());
+    v.resize(size_t(nk()) * dim());
+    for (auto* buf : {&q, &k, &v})
+      for (auto& x : *buf) x = T(d(rng));
+  }
+
+  template <class Backend>
+  std::pair<std::vector<T>, std::vector<T>> run() const {
+    DecodeMask mask{block_size, groups, {ranges[0], ranges[1]}};
+    std::vector<T> out(size_t(nq()) * dim(), T(-7)), lse(size_t(n_heads) * nq(), T(-7));
+    AttentionArgs<T> a;
+    a.q = q.data(), a.ldq = 3 * dim();
+    a.k = k.data(), a.v = v.data(), a.ldk = a.ldv = dim();
+    a.out = out.data(), a.ldo = dim();
+    a.lse = lse.data();
+    a.nq = nq(), a.nk = nk(), a.n_heads = n_heads, a.head_dim = head_dim;
+    attention_forward<Backend>(a, mask);
+    return {out, lse};
+  }
+};
+
+template <class T>
+double max_rel_diff(const std::vector<T>& a, const std::vector<T>& b) {
+  REQUIRE(a.size() == b.size());
+  double diff = 0, scale = 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(double(a[i]) - double(b[i])));
+    scale = std::max(scale, std::abs(double(b[i])));
+  }
+  return diff / scale;
+}
+
+template <class T>
+void check_backends(double tolerance) {
+  unsigned seed = 1;
+  for (int head_dim : {1, 3, 8, 13, 64})
+    for (int block_size : {1, 2, 4, 5, 16})
+      for (int nk : {1, 7, 8, 9, 40})
+        for (int groups : {1, 2}) {
+          if (groups == 2 && nk < 2 * block_size) continue;
+          DecodeCase<T> c{block_size, groups, 3, head_dim, {}, {}, {}, {}};
+          // Group 0 (the commit block) sees the first nk - block_size keys (itself
+          // included); group 1 all of them, or, with a full window, all but the oldest.
+          c.ranges[0] = groups == 2 ? KeyRange{0, nk - block_size} : KeyRange{0, nk};
+          c.ranges[1] = KeyRange{nk % 3 == 0 ? 1 : 0, nk};
+          c.fill(seed++);
+          INFO("head_dim " << head_dim << ", block " << block_size << ", keys " << nk << ", groups "
+                           << groups);
+          const auto ref = c.template run<ScalarAttention>();
+          const auto sparse = c.template run<BlockSparseAttention>();
+          CHECK(max_rel_diff(sparse.first, ref.first) <= tolerance);
+          CHECK(max_rel_diff(sparse.second, ref.second) <= tolerance);
+          if constexpr (std::is_same_v<T, float>) {  // SimdAttention is float only
+            const auto simd = c.template run<SimdAttention>();
+            CHECK(max_rel_diff(simd.first, ref.first) <= tolerance);
+            CHECK(max_rel_diff(simd.second, ref.second) <= tolerance);
+          }
+        }
+}
+
+}  // namespace
+
+TEST_CASE("decode attention of every backend equals the scalar reference (float)",
+          "[attention][decode]") {
+  check_backends<float>(1e-5);
+}
+
+TEST_CASE("decode attention of every backend equals the scalar reference (double)",
+          "[attention][decode]") {
+  check_backends<double>(1e-12);
+}
+
+TEST_CASE("decode attention gives the same bits with 1 and 3 threads",
+          "[attention][decode][threads]") {
+  DecodeCase<float> c{4, 2, 5, 64, {{0, 300}, {4, 304}}, {}, {}, {}};
+  c.fill(99);
+  const int before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto one = c.run<BlockSparseAttention>();
+  omp_set_num_threads(3);
+  const auto three = c.run<BlockSparseAttention>();
+  omp_set_num_threads(before);
+  CHECK(one.first == three.first);
+  CHECK(one.second == three.second);
+}
