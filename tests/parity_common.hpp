@@ -21,8 +21,8 @@ inline nlohmann::json fixture_cases(const std::string& name) {
 }
 
 // max |a - b| / max(1, max |ref|): the fixtures' agreement measure for logits.
-template <class T>
-double relative_max_diff(const std::vector<T>& a, const std::vector<float>& ref) {
+template <class T, class U = float>
+double relative_max_diff(const std::vector<T>& a, const std::vector<U>& ref) {
   double diff = 0, scale = 1;
   for (size_t i = 0; i < ref.size(); ++i) {
     diff = std::max(diff, std::abs(double(a[i]) - double(ref[i])));

@@ -8,6 +8,8 @@
 
 #include <bd3/layers/attention.hpp>
 
+#include "parity_common.hpp"
+
 #include <omp.h>
 
 #include <algorithm>
@@ -56,17 +58,6 @@ struct DecodeCase {
 };
 
 template <class T>
-double max_rel_diff(const std::vector<T>& a, const std::vector<T>& b) {
-  REQUIRE(a.size() == b.size());
-  double diff = 0, scale = 1;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::abs(double(a[i]) - double(b[i])));
-    scale = std::max(scale, std::abs(double(b[i])));
-  }
-  return diff / scale;
-}
-
-template <class T>
 void check_backends(double tolerance) {
   unsigned seed = 1;
   for (int head_dim : {1, 3, 8, 13, 64})
@@ -84,12 +75,12 @@ void check_backends(double tolerance) {
                            << groups);
           const auto ref = c.template run<ScalarAttention>();
           const auto sparse = c.template run<BlockSparseAttention>();
-          CHECK(max_rel_diff(sparse.first, ref.first) <= tolerance);
-          CHECK(max_rel_diff(sparse.second, ref.second) <= tolerance);
+          CHECK(bd3::test::relative_max_diff(sparse.first, ref.first) <= tolerance);
+          CHECK(bd3::test::relative_max_diff(sparse.second, ref.second) <= tolerance);
           if constexpr (std::is_same_v<T, float>) {  // SimdAttention is float only
             const auto simd = c.template run<SimdAttention>();
-            CHECK(max_rel_diff(simd.first, ref.first) <= tolerance);
-            CHECK(max_rel_diff(simd.second, ref.second) <= tolerance);
+            CHECK(bd3::test::relative_max_diff(simd.first, ref.first) <= tolerance);
+            CHECK(bd3::test::relative_max_diff(simd.second, ref.second) <= tolerance);
           }
         }
 }
