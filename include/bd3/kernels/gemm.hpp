@@ -39,10 +39,10 @@ namespace simd {
 namespace detail {
 // How far ahead (in floats) dot_rows asks for W: the hardware prefetcher alone leaves the
 // FMA loop waiting on memory. On the `small` output layer (768 x 50258, 154 MB, 2 threads;
-// bench_kernels BM_linear, docs/benchmarks.md): 4 rows 25.0 -> 26.5 GB/s, 8 rows 17.4 ->
-// 21.1; a scan of distances put the best at 1 KiB for 4 rows and 2 KiB for 8, farther
-// being slower. (Streaming two W rows at once instead, for more FMA chains, was slower
-// from memory: 25 -> 15 GB/s for 4 rows.)
+// bench_kernels BM_linear when it still kept W on 4 KiB pages): 4 rows 25.0 -> 26.5 GB/s,
+// 8 rows 17.4 -> 21.1; a scan of distances put the best at 1 KiB for 4 rows and 2 KiB for 8,
+// farther being slower. (Streaming two W rows at once instead, for more FMA chains, was slower from
+// memory: 25 -> 15 GB/s for 4 rows.)
 template <int R>
 inline constexpr int64_t prefetch_distance = R <= 4 ? 256 : 512;
 
