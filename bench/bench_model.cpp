@@ -135,9 +135,10 @@ BENCHMARK_TEMPLATE(BM_Decode, bd3::SimdAttention)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
-// Rows per block (the decode kernel is used up to 8), in milliseconds of real time.
+// Rows per block (the decode kernel is used up to detail::decode_kernel_max_rows), in
+// milliseconds of real time.
 void decode_attention_rows(benchmark::internal::Benchmark* b) {
-  for (int rows : {1, 2, 4, 8, 16}) b->Arg(rows);
+  for (int rows : {1, 2, 4, 8, 16, 32}) b->Arg(rows);
   b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 BENCHMARK_TEMPLATE(BM_DecodeAttention, true)->Apply(decode_attention_rows);

@@ -61,8 +61,8 @@ template <class T>
 void check_backends(double tolerance) {
   unsigned seed = 1;
   for (int head_dim : {1, 3, 8, 13, 64})
-    for (int block_size : {1, 2, 4, 5, 16})
-      for (int nk : {1, 7, 8, 9, 40})
+    for (int block_size : {1, 2, 4, 5, 16, 33})
+      for (int nk : {1, 7, 8, 9, 40, 67})
         for (int groups : {1, 2}) {
           if (groups == 2 && nk < 2 * block_size) continue;
           DecodeCase<T> c{block_size, groups, 3, head_dim, {}, {}, {}, {}};

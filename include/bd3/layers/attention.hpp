@@ -13,6 +13,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace bd3 {
@@ -222,77 +223,94 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
 
 // Rows per decode group up to which attention_decode replaces the tiles (whose GEMMs, for
 // a few rows, spend about as long packing a head's keys and values as multiplying them).
-// bench_model BM_DecodeAttention on the `small` cache: faster up to 8 rows, even at 16.
-inline constexpr int decode_kernel_max_rows = 8;
+// bench_model BM_DecodeAttention on the `small` cache (medians, ms): 4 rows 5.5 against
+// 9.6, 16 rows 10.2 against 13.6, 32 rows 18.5 against 21.6.
+inline constexpr int decode_kernel_max_rows = 32;
 
-// out[d] = sum_j p[j] v[j * ldv + d] for d in [0, NV lanes): NV vectors of accumulators
-// stay in registers for the whole pass over the keys.
-template <int NV, class T>
-void weighted_value_chunk(const T* p, const T* v, int64_t ldv, int nk, T* out) {
+// Calls f(std::integral_constant<int, i>{}) for i in [0, N) as straight-line code, so the
+// small arrays it indexes stay in registers (GCC turns a loop that fills or stores such an
+// array into a memset or memcpy call, which costs as much as a short pass over the keys).
+template <int N, class F>
+inline void for_each_index(F&& f) {
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    (f(std::integral_constant<int, I>{}), ...);
+  }
+  (std::make_integer_sequence<int, N>{});
+}
+
+// For NR rows r: out_r[0, NV lanes) = sum_j p_r[j] v[j][0, NV lanes), or += when
+// `accumulate`, with p_r = p + r ldp and out_r = out + r ldo. Each value vector loaded
+// serves every row; the NR x NV accumulators stay in registers for the whole pass.
+template <int NR, int NV, class T>
+void weighted_value_tile(const T* p, int64_t ldp, const T* v, int64_t ldv, int nk, bool accumulate,
+                         T* out, int64_t ldo) {
   using batch = xsimd::batch<T>;
   constexpr int L = int(batch::size);
-  batch acc[NV];
-  for (int c = 0; c < NV; ++c) acc[c] = batch(T(0));
+  batch acc[NR][NV];
+  for_each_index<NR>([&](auto r) {
+    for_each_index<NV>([&](auto c) {
+      acc[r][c] = accumulate ? batch::load_unaligned(out + r * ldo + c * L) : batch(T(0));
+    });
+  });
   for (int j = 0; j < nk; ++j) {
-    const batch pj(p[j]);
     const T* vj = v + int64_t(j) * ldv;
-    for (int c = 0; c < NV; ++c) acc[c] = xsimd::fma(pj, batch::load_unaligned(vj + c * L), acc[c]);
+    batch vv[NV];
+    for_each_index<NV>([&](auto c) { vv[c] = batch::load_unaligned(vj + c * L); });
+    for_each_index<NR>([&](auto r) {
+      const batch pr(p[r * ldp + j]);
+      for_each_index<NV>([&](auto c) { acc[r][c] = xsimd::fma(pr, vv[c], acc[r][c]); });
+    });
   }
-  for (int c = 0; c < NV; ++c) acc[c].store_unaligned(out + c * L);
+  for_each_index<NR>([&](auto r) {
+    for_each_index<NV>([&](auto c) { acc[r][c].store_unaligned(out + r * ldo + c * L); });
+  });
 }
 
-// out[0, Dh) = sum_j p[j] v[j][0, Dh): chunks of up to 8 vectors, then the last Dh % lanes
-// columns one by one (each column is one chain over j, in key order, whatever the chunking).
+// weighted_value_tile<NR, nv> for a run-time nv in [1, MaxNV].
+template <int NR, int MaxNV, int NV = 1, class T>
+void weighted_value_tile_n(int nv, const T* p, int64_t ldp, const T* v, int64_t ldv, int nk,
+                           bool accumulate, T* out, int64_t ldo) {
+  if constexpr (NV < MaxNV)
+    if (nv > NV)
+      return weighted_value_tile_n<NR, MaxNV, NV + 1>(nv, p, ldp, v, ldv, nk, accumulate, out, ldo);
+  weighted_value_tile<NR, NV>(p, ldp, v, ldv, nk, accumulate, out, ldo);
+}
+
+// For rows r < nr: out_r[0, Dh) = sum_j p_r[j] v[j][0, Dh) (+= when `accumulate`). Pairs of
+// rows take tiles of 2 rows x 4 vectors, a last odd row 1 x 8, then the last Dh % lanes
+// columns go one by one. Each output is one chain over j in key order, whatever the tiling,
+// so results do not depend on the row count, and splitting the keys into consecutive calls
+// that accumulate gives the same bits as one call.
 template <class T>
-void weighted_values(const T* p, const T* v, int64_t ldv, int nk, int Dh, T* out) {
-  using batch = xsimd::batch<T>;
-  constexpr int L = int(batch::size);
-  int d = 0;
-  for (; d + L <= Dh;) {
-    const int nv = std::min(8, (Dh - d) / L);
-    switch (nv) {
-      case 1:
-        weighted_value_chunk<1>(p, v + d, ldv, nk, out + d);
-        break;
-      case 2:
-        weighted_value_chunk<2>(p, v + d, ldv, nk, out + d);
-        break;
-      case 3:
-        weighted_value_chunk<3>(p, v + d, ldv, nk, out + d);
-        break;
-      case 4:
-        weighted_value_chunk<4>(p, v + d, ldv, nk, out + d);
-        break;
-      case 5:
-        weighted_value_chunk<5>(p, v + d, ldv, nk, out + d);
-        break;
-      case 6:
-        weighted_value_chunk<6>(p, v + d, ldv, nk, out + d);
-        break;
-      case 7:
-        weighted_value_chunk<7>(p, v + d, ldv, nk, out + d);
-        break;
-      default:
-        weighted_value_chunk<8>(p, v + d, ldv, nk, out + d);
-        break;
+void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, int nk, int Dh,
+                     bool accumulate, T* out, int64_t ldo) {
+  constexpr int L = int(xsimd::batch<T>::size);
+  const int dv = Dh - Dh % L;
+  int r = 0;
+  for (; r + 2 <= nr; r += 2)
+    for (int d = 0; d < dv; d += 4 * L)
+      weighted_value_tile_n<2, 4>(std::min(4, (dv - d) / L), p + r * ldp, ldp, v + d, ldv, nk,
+                                  accumulate, out + r * ldo + d, ldo);
+  for (; r < nr; ++r)
+    for (int d = 0; d < dv; d += 8 * L)
+      weighted_value_tile_n<1, 8>(std::min(8, (dv - d) / L), p + r * ldp, ldp, v + d, ldv, nk,
+                                  accumulate, out + r * ldo + d, ldo);
+  for (r = 0; r < nr; ++r)
+    for (int d = dv; d < Dh; ++d) {
+      T s = accumulate ? out[r * ldo + d] : T(0);
+      for (int j = 0; j < nk; ++j) s += p[r * ldp + j] * v[int64_t(j) * ldv + d];
+      out[r * ldo + d] = s;
     }
-    d += nv * L;
-  }
-  for (; d < Dh; ++d) {
-    T s = T(0);
-    for (int j = 0; j < nk; ++j) s += p[j] * v[int64_t(j) * ldv + d];
-    out[d] = s;
-  }
 }
 
-// s[r * nk + j] = scale * q_r . k_j for rows q_r = q + r * ldq (r < nq) and keys
+// s[r * lds + j] = scale * q_r . k_j for rows q_r = q + r * ldq (r < nq) and keys
 // k_j = k + j * ldk (j < nk). A lanes-wide group of keys at a time (in L1 for every row):
 // one accumulator per key, reduced together by haddp into a vector of scores, one
 // horizontal reduction per group instead of one per key. Remainders: the last Dh % lanes
 // terms, then the last nk % lanes keys, in scalar order.
 template <class T>
 void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ldk, int nk, T scale,
-                 T* s) {
+                 T* s, int64_t lds) {
   using batch = xsimd::batch<T>;
   constexpr int L = int(batch::size);
   const int dv = Dh - Dh % L;
@@ -308,7 +326,7 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
         for (int c = 0; c < L; ++c)
           acc[c] = xsimd::fma(qv, batch::load_unaligned(kj + int64_t(c) * ldk + d), acc[c]);
       }
-      T* out = s + int64_t(r) * nk + j;
+      T* out = s + int64_t(r) * lds + j;
       if (dv == Dh) {
         (xsimd::haddp(acc) * batch(scale)).store_unaligned(out);
         continue;
@@ -331,41 +349,62 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
         acc = xsimd::fma(batch::load_unaligned(qr + d), batch::load_unaligned(kj + d), acc);
       T t = xsimd::hadd(acc);
       for (int d = dv; d < Dh; ++d) t += qr[d] * kj[d];
-      s[int64_t(r) * nk + j] = t * scale;
+      s[int64_t(r) * lds + j] = t * scale;
     }
   }
 }
 
+// Keys per step of attention_decode's passes over a thread's heads: a multiple of every
+// SIMD width (so scores_rows groups the keys as one call over all of them would), and
+// small enough that a step's slice of keys or values stays in L1 across the query rows.
+inline constexpr int decode_key_step = 16;
+
 // Decode (DecodeMask: groups of block_size query rows, each against one contiguous key
-// range, so no score is masked): per head, the scores of a row, its softmax, then its
-// weighted values, all with register-blocked loops over the head's keys and values in
-// place (no packing). Threads take contiguous ranges of heads; a head is one thread's
-// work whatever the thread count, so the numbers do not depend on it.
+// range, so no score is masked). Threads take contiguous ranges of heads, so a thread's
+// part of a cached key or value row is one contiguous run; both passes (scores, then
+// weighted values) walk the keys in steps, each step over all of the thread's heads, so
+// the cache is read as two sequential streams instead of one 256-byte piece per row and
+// head. Keys and values are read in place (no packing). A head is one thread's work and
+// the steps keep every sum's order, so the numbers do not depend on the thread count.
 template <class T>
 void attention_decode(const AttentionArgs<T>& a, const DecodeMask& mask) {
   const int Dh = a.head_dim, H = a.n_heads;
   const T scale = T(1) / std::sqrt(T(Dh));
+  constexpr int step = decode_key_step;
 #pragma omp parallel if (H > 1)
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int h0 = H * t / nt, h1 = H * (t + 1) / nt;
-    std::vector<T> s;
+    std::vector<T> s;  // [h1 - h0][rows][keys]: scores, then probabilities
     for (int g = 0; g < mask.groups; ++g) {
       const int i0 = g * mask.block_size, ni = std::min(mask.block_size, a.nq - i0);
       const KeyRange keys = mask.ranges[g];
       const int nk = keys.size();
-      s.resize(size_t(ni) * nk);
-      for (int h = h0; h < h1; ++h) {
-        const T* kh = a.k + int64_t(keys.begin) * a.ldk + h * Dh;
-        const T* vh = a.v + int64_t(keys.begin) * a.ldv + h * Dh;
-        scores_rows(a.q + int64_t(i0) * a.ldq + h * Dh, a.ldq, ni, Dh, kh, a.ldk, nk, scale,
-                    s.data());
+      s.resize(size_t(h1 - h0) * ni * nk);
+      const T* k0 = a.k + int64_t(keys.begin) * a.ldk;
+      const T* v0 = a.v + int64_t(keys.begin) * a.ldv;
+      const T* q0 = a.q + int64_t(i0) * a.ldq;
+      if (nk == 0)  // no key: the weighted sum is empty
+        for (int r = 0; r < ni; ++r)
+          std::fill_n(a.out + int64_t(i0 + r) * a.ldo + h0 * Dh, (h1 - h0) * Dh, T(0));
+      for (int j = 0; j < nk; j += step) {
+        const int nj = std::min(step, nk - j);
+        for (int h = h0; h < h1; ++h)
+          scores_rows(q0 + h * Dh, a.ldq, ni, Dh, k0 + int64_t(j) * a.ldk + h * Dh, a.ldk, nj,
+                      scale, s.data() + size_t(h - h0) * ni * nk + j, nk);
+      }
+      for (int h = h0; h < h1; ++h)
         for (int r = 0; r < ni; ++r) {
-          T* row = s.data() + size_t(r) * nk;
+          T* row = s.data() + (size_t(h - h0) * ni + r) * nk;
           if (a.lse) a.lse[h * a.nq + i0 + r] = kernels::logsumexp<T>(row, nk);
           kernels::softmax<T>(row, nk);
-          weighted_values(row, vh, a.ldv, nk, Dh, a.out + int64_t(i0 + r) * a.ldo + h * Dh);
         }
+      for (int j = 0; j < nk; j += step) {
+        const int nj = std::min(step, nk - j);
+        for (int h = h0; h < h1; ++h)
+          weighted_values(s.data() + size_t(h - h0) * ni * nk + j, nk, ni,
+                          v0 + int64_t(j) * a.ldv + h * Dh, a.ldv, nj, Dh, j > 0,
+                          a.out + int64_t(i0) * a.ldo + h * Dh, a.ldo);
       }
     }
   }
