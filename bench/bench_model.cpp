@@ -76,7 +76,8 @@ void BM_Decode(benchmark::State& state) {
 
 // Decode attention alone: one group of `rows` query rows (the block) against a full window
 // of the `small` preset (1024 keys, 12 heads of 64) in each of 12 layers' caches (75 MB,
-// so from memory as in decode), with the decode kernel or with the tiles' GEMMs.
+// so from memory as in decode; head-major, as the KV cache keeps them), with the decode
+// kernel or with the tiles' GEMMs.
 template <bool Kernel>
 void BM_DecodeAttention(benchmark::State& state) {
   const int rows = int(state.range(0)), nk = 1024, H = 12, Dh = 64, D = H * Dh, layers = 12;
@@ -94,7 +95,8 @@ void BM_DecodeAttention(benchmark::State& state) {
   for (auto _ : state) {
     for (int l = 0; l < layers; ++l) {
       bd3::AttentionArgs<float> a;
-      a.q = q.data(), a.ldq = 3 * D, a.k = K[l].data(), a.v = V[l].data(), a.ldk = a.ldv = D;
+      a.q = q.data(), a.ldq = 3 * D, a.k = K[l].data(), a.v = V[l].data();
+      a.ldk = a.ldv = Dh, a.head_stride_k = a.head_stride_v = int64_t(nk) * Dh;  // as the cache
       a.out = out.data(), a.ldo = D, a.nq = rows, a.nk = nk, a.n_heads = H, a.head_dim = Dh;
       if constexpr (Kernel)
         bd3::detail::attention_decode(a, mask);

@@ -2,8 +2,9 @@
 // contiguous key range) of the block-sparse backend (its decode kernel up to
 // detail::decode_kernel_max_rows rows per group, its tiles above) and the SIMD backend
 // against the scalar reference loops, for head sizes and key counts on both sides of the
-// SIMD width, in float and double, with the log-sum-exp; and the same bits with 1 and 3
-// threads.
+// SIMD width, in float and double, with the log-sum-exp, for keys and values with the
+// heads side by side in a row and in the KV cache's head-major layout; and the same bits
+// with 1 and 3 threads.
 #include <catch2/catch.hpp>
 
 #include <bd3/layers/attention.hpp>
@@ -30,6 +31,26 @@ struct DecodeCase {
   int nq() const { return groups * block_size; }
   int dim() const { return n_heads * head_dim; }
   std::vector<T> q, k, v;
+  // Head-major keys and values (the KV cache's layout): head h's row j at
+  // h * capacity * head_dim + j * head_dim, with capacity > nk as in the cache.
+  bool head_major = false;
+  int capacity() const { return nk() + 3; }
+
+  DecodeCase as_head_major() const {
+    DecodeCase c = *this;
+    c.head_major = true;
+    c.k.assign(size_t(n_heads) * capacity() * head_dim, T(0));
+    c.v = c.k;
+    for (int h = 0; h < n_heads; ++h)
+      for (int j = 0; j < nk(); ++j)
+        for (int d = 0; d < head_dim; ++d) {
+          const size_t from = size_t(j) * dim() + h * head_dim + d;
+          const size_t to = (size_t(h) * capacity() + j) * head_dim + d;
+          c.k[to] = k[from];
+          c.v[to] = v[from];
+        }
+    return c;
+  }
 
   void fill(unsigned seed) {
     std::mt19937 rng(seed);
@@ -49,6 +70,10 @@ struct DecodeCase {
     AttentionArgs<T> a;
     a.q = q.data(), a.ldq = 3 * dim();
     a.k = k.data(), a.v = v.data(), a.ldk = a.ldv = dim();
+    if (head_major) {
+      a.ldk = a.ldv = head_dim;
+      a.head_stride_k = a.head_stride_v = int64_t(capacity()) * head_dim;
+    }
     a.out = out.data(), a.ldo = dim();
     a.lse = lse.data();
     a.nq = nq(), a.nk = nk(), a.n_heads = n_heads, a.head_dim = head_dim;
@@ -74,13 +99,21 @@ void check_backends(double tolerance) {
           INFO("head_dim " << head_dim << ", block " << block_size << ", keys " << nk << ", groups "
                            << groups);
           const auto ref = c.template run<ScalarAttention>();
-          const auto sparse = c.template run<BlockSparseAttention>();
-          CHECK(bd3::test::relative_max_diff(sparse.first, ref.first) <= tolerance);
-          CHECK(bd3::test::relative_max_diff(sparse.second, ref.second) <= tolerance);
-          if constexpr (std::is_same_v<T, float>) {  // SimdAttention is float only
-            const auto simd = c.template run<SimdAttention>();
-            CHECK(bd3::test::relative_max_diff(simd.first, ref.first) <= tolerance);
-            CHECK(bd3::test::relative_max_diff(simd.second, ref.second) <= tolerance);
+          for (const auto& layout : {c, c.as_head_major()}) {
+            INFO("head-major " << layout.head_major);
+            if (layout.head_major) {  // the reference loops give the same bits in both layouts
+              const auto hm = layout.template run<ScalarAttention>();
+              CHECK(hm.first == ref.first);
+              CHECK(hm.second == ref.second);
+            }
+            const auto sparse = layout.template run<BlockSparseAttention>();
+            CHECK(bd3::test::relative_max_diff(sparse.first, ref.first) <= tolerance);
+            CHECK(bd3::test::relative_max_diff(sparse.second, ref.second) <= tolerance);
+            if constexpr (std::is_same_v<T, float>) {  // SimdAttention is float only
+              const auto simd = layout.template run<SimdAttention>();
+              CHECK(bd3::test::relative_max_diff(simd.first, ref.first) <= tolerance);
+              CHECK(bd3::test::relative_max_diff(simd.second, ref.second) <= tolerance);
+            }
           }
         }
 }
@@ -99,8 +132,9 @@ TEST_CASE("decode attention of every backend equals the scalar reference (double
 
 TEST_CASE("decode attention gives the same bits with 1 and 3 threads",
           "[attention][decode][threads]") {
-  DecodeCase<float> c{4, 2, 5, 64, {{0, 300}, {4, 304}}, {}, {}, {}};
-  c.fill(99);
+  DecodeCase<float> c0{4, 2, 5, 64, {{0, 300}, {4, 304}}, {}, {}, {}};
+  c0.fill(99);
+  const auto c = c0.as_head_major();
   const int before = omp_get_max_threads();
   omp_set_num_threads(1);
   const auto one = c.run<BlockSparseAttention>();

@@ -103,10 +103,21 @@ struct AttentionArgs {
   int64_t ldk = 0;
   const T* v = nullptr;
   int64_t ldv = 0;
+  // Distance between heads in k and v: 0 = head_dim (the heads side by side in a row, as
+  // the qkv projection writes them); the KV cache keeps each head's rows together instead
+  // (head stride = its capacity x head_dim, ldk = ldv = head_dim).
+  int64_t head_stride_k = 0, head_stride_v = 0;
   T* out = nullptr;
   int64_t ldo = 0;
   T* lse = nullptr;  // optional [n_heads, nq]: log-sum-exp of each query's scores (for backward)
   int nq = 0, nk = 0, n_heads = 0, head_dim = 0;
+
+  const T* k_head(int h) const {
+    return k + int64_t(h) * (head_stride_k ? head_stride_k : head_dim);
+  }
+  const T* v_head(int h) const {
+    return v + int64_t(h) * (head_stride_v ? head_stride_v : head_dim);
+  }
 };
 
 namespace detail {
@@ -141,7 +152,7 @@ void attention_dense(const AttentionArgs<T>& a, const Mask& mask) {
             s[j] = neg_inf;
             continue;
           }
-          const T* kj = a.k + j * a.ldk + h * Dh;
+          const T* kj = a.k_head(h) + j * a.ldk;
           s[j] =
               (UseSimd ? kernels::dot<T>(qi, kj, Dh) : kernels::scalar::dot<T>(qi, kj, Dh)) * scale;
         }
@@ -156,7 +167,7 @@ void attention_dense(const AttentionArgs<T>& a, const Mask& mask) {
         std::fill(oi, oi + Dh, T(0));
         for (int j = 0; j < a.nk; ++j) {
           if (s[j] == T(0)) continue;
-          const T* vj = a.v + j * a.ldv + h * Dh;
+          const T* vj = a.v_head(h) + j * a.ldv;
           if (UseSimd)
             kernels::axpy<T>(s[j], vj, oi, Dh);
           else
@@ -196,7 +207,7 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
         StridedMap<T> Q(a.q + int64_t(q0) * a.ldq + h * Dh, tq, Dh, Eigen::OuterStride<>(a.ldq));
         S.resize(tq, nk);
         for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r) {
-          StridedMap<T> K(a.k + int64_t(ranges[r].begin) * a.ldk + h * Dh, ranges[r].size(), Dh,
+          StridedMap<T> K(a.k_head(h) + int64_t(ranges[r].begin) * a.ldk, ranges[r].size(), Dh,
                           Eigen::OuterStride<>(a.ldk));
           S.middleCols(col, ranges[r].size()).noalias() = (Q * K.transpose()) * scale;
         }
@@ -210,7 +221,7 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
         }
         O.setZero(tq, Dh);
         for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r) {
-          StridedMap<T> V(a.v + int64_t(ranges[r].begin) * a.ldv + h * Dh, ranges[r].size(), Dh,
+          StridedMap<T> V(a.v_head(h) + int64_t(ranges[r].begin) * a.ldv, ranges[r].size(), Dh,
                           Eigen::OuterStride<>(a.ldv));
           O.noalias() += S.middleCols(col, ranges[r].size()) * V;
         }
@@ -223,8 +234,8 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
 
 // Rows per decode group up to which attention_decode replaces the tiles (whose GEMMs, for
 // a few rows, spend about as long packing a head's keys and values as multiplying them).
-// bench_model BM_DecodeAttention on the `small` cache (medians, ms): 4 rows 5.5 against
-// 9.6, 16 rows 10.2 against 13.6, 32 rows 18.5 against 21.6.
+// bench_model BM_DecodeAttention on the `small` cache, head-major (medians, ms): 4 rows
+// 4.9 against 5.5, 16 rows 8.7 against 10.9, 32 rows 18.5 against 19.2.
 inline constexpr int decode_kernel_max_rows = 32;
 
 // Calls f(std::integral_constant<int, i>{}) for i in [0, N) as straight-line code, so the
@@ -238,20 +249,16 @@ inline void for_each_index(F&& f) {
   (std::make_integer_sequence<int, N>{});
 }
 
-// For NR rows r: out_r[0, NV lanes) = sum_j p_r[j] v[j][0, NV lanes), or += when
-// `accumulate`, with p_r = p + r ldp and out_r = out + r ldo. Each value vector loaded
-// serves every row; the NR x NV accumulators stay in registers for the whole pass.
+// For NR rows r: out_r[0, NV lanes) = sum_j p_r[j] v[j][0, NV lanes), with p_r = p + r ldp
+// and out_r = out + r ldo. Each value vector loaded serves every row; the NR x NV
+// accumulators stay in registers for the whole pass.
 template <int NR, int NV, class T>
-void weighted_value_tile(const T* p, int64_t ldp, const T* v, int64_t ldv, int nk, bool accumulate,
-                         T* out, int64_t ldo) {
+void weighted_value_tile(const T* p, int64_t ldp, const T* v, int64_t ldv, int nk, T* out,
+                         int64_t ldo) {
   using batch = xsimd::batch<T>;
   constexpr int L = int(batch::size);
   batch acc[NR][NV];
-  for_each_index<NR>([&](auto r) {
-    for_each_index<NV>([&](auto c) {
-      acc[r][c] = accumulate ? batch::load_unaligned(out + r * ldo + c * L) : batch(T(0));
-    });
-  });
+  for_each_index<NR>([&](auto r) { for_each_index<NV>([&](auto c) { acc[r][c] = batch(T(0)); }); });
   for (int j = 0; j < nk; ++j) {
     const T* vj = v + int64_t(j) * ldv;
     batch vv[NV];
@@ -268,36 +275,34 @@ void weighted_value_tile(const T* p, int64_t ldp, const T* v, int64_t ldv, int n
 
 // weighted_value_tile<NR, nv> for a run-time nv in [1, MaxNV].
 template <int NR, int MaxNV, int NV = 1, class T>
-void weighted_value_tile_n(int nv, const T* p, int64_t ldp, const T* v, int64_t ldv, int nk,
-                           bool accumulate, T* out, int64_t ldo) {
+void weighted_value_tile_n(int nv, const T* p, int64_t ldp, const T* v, int64_t ldv, int nk, T* out,
+                           int64_t ldo) {
   if constexpr (NV < MaxNV)
-    if (nv > NV)
-      return weighted_value_tile_n<NR, MaxNV, NV + 1>(nv, p, ldp, v, ldv, nk, accumulate, out, ldo);
-  weighted_value_tile<NR, NV>(p, ldp, v, ldv, nk, accumulate, out, ldo);
+    if (nv > NV) return weighted_value_tile_n<NR, MaxNV, NV + 1>(nv, p, ldp, v, ldv, nk, out, ldo);
+  weighted_value_tile<NR, NV>(p, ldp, v, ldv, nk, out, ldo);
 }
 
-// For rows r < nr: out_r[0, Dh) = sum_j p_r[j] v[j][0, Dh) (+= when `accumulate`). Pairs of
-// rows take tiles of 2 rows x 4 vectors, a last odd row 1 x 8, then the last Dh % lanes
-// columns go one by one. Each output is one chain over j in key order, whatever the tiling,
-// so results do not depend on the row count, and splitting the keys into consecutive calls
-// that accumulate gives the same bits as one call.
+// For rows r < nr: out_r[0, Dh) = sum_j p_r[j] v[j][0, Dh). Pairs of rows take tiles of
+// 2 rows x 4 vectors, a last odd row 1 x 8, then the last Dh % lanes columns go one by
+// one. Each output is one chain over j in key order, whatever the tiling, so results do
+// not depend on the row count.
 template <class T>
 void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, int nk, int Dh,
-                     bool accumulate, T* out, int64_t ldo) {
+                     T* out, int64_t ldo) {
   constexpr int L = int(xsimd::batch<T>::size);
   const int dv = Dh - Dh % L;
   int r = 0;
   for (; r + 2 <= nr; r += 2)
     for (int d = 0; d < dv; d += 4 * L)
       weighted_value_tile_n<2, 4>(std::min(4, (dv - d) / L), p + r * ldp, ldp, v + d, ldv, nk,
-                                  accumulate, out + r * ldo + d, ldo);
+                                  out + r * ldo + d, ldo);
   for (; r < nr; ++r)
     for (int d = 0; d < dv; d += 8 * L)
       weighted_value_tile_n<1, 8>(std::min(8, (dv - d) / L), p + r * ldp, ldp, v + d, ldv, nk,
-                                  accumulate, out + r * ldo + d, ldo);
+                                  out + r * ldo + d, ldo);
   for (r = 0; r < nr; ++r)
     for (int d = dv; d < Dh; ++d) {
-      T s = accumulate ? out[r * ldo + d] : T(0);
+      T s = T(0);
       for (int j = 0; j < nk; ++j) s += p[r * ldp + j] * v[int64_t(j) * ldv + d];
       out[r * ldo + d] = s;
     }
@@ -354,57 +359,39 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
   }
 }
 
-// Keys per step of attention_decode's passes over a thread's heads: a multiple of every
-// SIMD width (so scores_rows groups the keys as one call over all of them would), and
-// small enough that a step's slice of keys or values stays in L1 across the query rows.
-inline constexpr int decode_key_step = 16;
-
 // Decode (DecodeMask: groups of block_size query rows, each against one contiguous key
-// range, so no score is masked). Threads take contiguous ranges of heads, so a thread's
-// part of a cached key or value row is one contiguous run; both passes (scores, then
-// weighted values) walk the keys in steps, each step over all of the thread's heads, so
-// the cache is read as two sequential streams instead of one 256-byte piece per row and
-// head. Keys and values are read in place (no packing). A head is one thread's work and
-// the steps keep every sum's order, so the numbers do not depend on the thread count.
+// range, so no score is masked): per head, the scores of the group's rows against all of
+// its keys, their softmax, then the weighted values, with the keys and values read in
+// place (no packing). With the KV cache's layout (each head's rows together) a head's
+// keys and values are two sequential runs, which the hardware prefetcher streams. Threads
+// take contiguous ranges of heads; a head is one thread's work whatever the thread count,
+// so the numbers do not depend on it.
 template <class T>
 void attention_decode(const AttentionArgs<T>& a, const DecodeMask& mask) {
   const int Dh = a.head_dim, H = a.n_heads;
   const T scale = T(1) / std::sqrt(T(Dh));
-  constexpr int step = decode_key_step;
 #pragma omp parallel if (H > 1)
   {
     const int nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int h0 = H * t / nt, h1 = H * (t + 1) / nt;
-    std::vector<T> s;  // [h1 - h0][rows][keys]: scores, then probabilities
+    std::vector<T> s;  // [rows][keys]: scores, then probabilities
     for (int g = 0; g < mask.groups; ++g) {
       const int i0 = g * mask.block_size, ni = std::min(mask.block_size, a.nq - i0);
       const KeyRange keys = mask.ranges[g];
       const int nk = keys.size();
-      s.resize(size_t(h1 - h0) * ni * nk);
-      const T* k0 = a.k + int64_t(keys.begin) * a.ldk;
-      const T* v0 = a.v + int64_t(keys.begin) * a.ldv;
-      const T* q0 = a.q + int64_t(i0) * a.ldq;
-      if (nk == 0)  // no key: the weighted sum is empty
-        for (int r = 0; r < ni; ++r)
-          std::fill_n(a.out + int64_t(i0 + r) * a.ldo + h0 * Dh, (h1 - h0) * Dh, T(0));
-      for (int j = 0; j < nk; j += step) {
-        const int nj = std::min(step, nk - j);
-        for (int h = h0; h < h1; ++h)
-          scores_rows(q0 + h * Dh, a.ldq, ni, Dh, k0 + int64_t(j) * a.ldk + h * Dh, a.ldk, nj,
-                      scale, s.data() + size_t(h - h0) * ni * nk + j, nk);
-      }
-      for (int h = h0; h < h1; ++h)
+      s.resize(size_t(ni) * nk);
+      for (int h = h0; h < h1; ++h) {
+        const T* q = a.q + int64_t(i0) * a.ldq + h * Dh;
+        T* out = a.out + int64_t(i0) * a.ldo + h * Dh;
+        scores_rows(q, a.ldq, ni, Dh, a.k_head(h) + int64_t(keys.begin) * a.ldk, a.ldk, nk, scale,
+                    s.data(), nk);
         for (int r = 0; r < ni; ++r) {
-          T* row = s.data() + (size_t(h - h0) * ni + r) * nk;
+          T* row = s.data() + size_t(r) * nk;
           if (a.lse) a.lse[h * a.nq + i0 + r] = kernels::logsumexp<T>(row, nk);
           kernels::softmax<T>(row, nk);
         }
-      for (int j = 0; j < nk; j += step) {
-        const int nj = std::min(step, nk - j);
-        for (int h = h0; h < h1; ++h)
-          weighted_values(s.data() + size_t(h - h0) * ni * nk + j, nk, ni,
-                          v0 + int64_t(j) * a.ldv + h * Dh, a.ldv, nj, Dh, j > 0,
-                          a.out + int64_t(i0) * a.ldo + h * Dh, a.ldo);
+        weighted_values(s.data(), nk, ni, a.v_head(h) + int64_t(keys.begin) * a.ldv, a.ldv, nk, Dh,
+                        out, a.ldo);
       }
     }
   }

@@ -544,14 +544,20 @@ class BlockDiffusionModel {
       auto attend = [&](int b) {
         Scalar* K = cache.keys(l, b);
         Scalar* Vv = cache.values(l, b);
+        const int64_t hs = cache.head_stride();
         for (int r = 0; r < R; ++r) {
           const Scalar* row = qkv.data() + (int64_t(b) * R + r) * 3 * D;
-          std::copy(row + D, row + 2 * D, K + int64_t(cached + r) * D);
-          std::copy(row + 2 * D, row + 3 * D, Vv + int64_t(cached + r) * D);
+          for (int hd = 0; hd < H; ++hd) {
+            const Scalar* k = row + D + hd * Dh;
+            const Scalar* v = row + 2 * D + hd * Dh;
+            std::copy(k, k + Dh, K + hd * hs + int64_t(cached + r) * Dh);
+            std::copy(v, v + Dh, Vv + hd * hs + int64_t(cached + r) * Dh);
+          }
         }
         AttentionArgs<Scalar> args;
         args.q = qkv.data() + int64_t(b) * R * 3 * D, args.ldq = 3 * D;
-        args.k = K, args.v = Vv, args.ldk = args.ldv = D;
+        args.k = K, args.v = Vv, args.ldk = args.ldv = Dh;
+        args.head_stride_k = args.head_stride_v = hs;
         args.out = att.data() + int64_t(b) * R * D, args.ldo = D;
         args.nq = R, args.nk = cached + R, args.n_heads = H, args.head_dim = Dh;
         attention_forward<Attention>(args, mask);
