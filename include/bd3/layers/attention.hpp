@@ -308,14 +308,14 @@ void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, i
     }
 }
 
-// s[r * lds + j] = scale * q_r . k_j for rows q_r = q + r * ldq (r < nq) and keys
+// s[r * nk + j] = scale * q_r . k_j for rows q_r = q + r * ldq (r < nq) and keys
 // k_j = k + j * ldk (j < nk). A lanes-wide group of keys at a time (in L1 for every row):
 // one accumulator per key, reduced together by haddp into a vector of scores, one
 // horizontal reduction per group instead of one per key. Remainders: the last Dh % lanes
 // terms, then the last nk % lanes keys, in scalar order.
 template <class T>
 void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ldk, int nk, T scale,
-                 T* s, int64_t lds) {
+                 T* s) {
   using batch = xsimd::batch<T>;
   constexpr int L = int(batch::size);
   const int dv = Dh - Dh % L;
@@ -331,7 +331,7 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
         for (int c = 0; c < L; ++c)
           acc[c] = xsimd::fma(qv, batch::load_unaligned(kj + int64_t(c) * ldk + d), acc[c]);
       }
-      T* out = s + int64_t(r) * lds + j;
+      T* out = s + int64_t(r) * nk + j;
       if (dv == Dh) {
         (xsimd::haddp(acc) * batch(scale)).store_unaligned(out);
         continue;
@@ -354,7 +354,7 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
         acc = xsimd::fma(batch::load_unaligned(qr + d), batch::load_unaligned(kj + d), acc);
       T t = xsimd::hadd(acc);
       for (int d = dv; d < Dh; ++d) t += qr[d] * kj[d];
-      s[int64_t(r) * lds + j] = t * scale;
+      s[int64_t(r) * nk + j] = t * scale;
     }
   }
 }
@@ -384,7 +384,7 @@ void attention_decode(const AttentionArgs<T>& a, const DecodeMask& mask) {
         const T* q = a.q + int64_t(i0) * a.ldq + h * Dh;
         T* out = a.out + int64_t(i0) * a.ldo + h * Dh;
         scores_rows(q, a.ldq, ni, Dh, a.k_head(h) + int64_t(keys.begin) * a.ldk, a.ldk, nk, scale,
-                    s.data(), nk);
+                    s.data());
         for (int r = 0; r < ni; ++r) {
           T* row = s.data() + size_t(r) * nk;
           if (a.lse) a.lse[h * a.nq + i0 + r] = kernels::logsumexp<T>(row, nk);

@@ -4,7 +4,7 @@
 // Layout per layer and sequence: head-major, [n_heads][capacity][head_dim], so that each
 // decode call, which reads every head's whole window, reads each head's keys and values
 // as two sequential runs (rows with all heads side by side gave 256-byte pieces 3 KB apart
-// for `small`: x1.3 slower attention in bench_model BM_DecodeAttention).
+// for `small`: x1.4 slower attention in bench_model BM_DecodeAttention).
 // The window holds model_length tokens, the current block included, so at most
 // model_length - block_size committed tokens are kept; older blocks drop out. A cached
 // block keeps the keys and values it got when it was committed (SPEC "KV cache").
@@ -27,7 +27,6 @@ class KVCache {
   void reset(const ModelConfig& c, int batch) {
     if (batch < 1) fail_usage("KV cache: batch must be >= 1");
     n_layers_ = c.n_blocks;
-    dim_ = c.hidden_dim;
     n_heads_ = c.n_heads;
     head_dim_ = c.head_dim();
     window_ = c.model_length;
@@ -35,7 +34,7 @@ class KVCache {
     batch_ = batch;
     length_ = 0;
     next_position_ = 0;
-    const size_t n = size_t(n_layers_) * batch_ * capacity() * dim_;
+    const size_t n = size_t(n_layers_) * batch_ * n_heads_ * head_stride();
     keys_.assign(n, T(0));
     values_.assign(n, T(0));
   }
@@ -80,9 +79,10 @@ class KVCache {
   size_t bytes() const { return (keys_.size() + values_.size()) * sizeof(T); }
 
  private:
-  size_t offset(int layer, int b) const { return (size_t(layer) * batch_ + b) * capacity() * dim_; }
-  int n_layers_ = 0, dim_ = 0, n_heads_ = 1, head_dim_ = 0, window_ = 0, block_size_ = 1,
-      batch_ = 1;
+  size_t offset(int layer, int b) const {
+    return (size_t(layer) * batch_ + b) * n_heads_ * head_stride();
+  }
+  int n_layers_ = 0, n_heads_ = 1, head_dim_ = 0, window_ = 0, block_size_ = 1, batch_ = 1;
   int length_ = 0;
   int64_t next_position_ = 0;
   // Every decode call reads the whole window: huge pages where the system grants them.
