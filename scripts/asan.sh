@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer (the asan
 # preset: our own targets instrumented, -fno-sanitize-recover, leak checking on).
+# Built with GCC, while the release and TSan builds use clang: CI compiles with both.
 # Usage: scripts/asan.sh [ctest-args...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

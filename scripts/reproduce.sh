@@ -38,7 +38,9 @@ step "1/9 Debian packages and build"
 if [ -n "${BD3_REPRO_BIN:-}" ]; then
   bd3=$BD3_REPRO_BIN
 else
-  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+  # clang unless CXX says otherwise, as scripts/test.sh.
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_CXX_COMPILER="${CXX:-clang++}" >/dev/null
   cmake --build "$build" --target bd3_cli -j "$threads"
   bd3=$build/bd3
 fi

@@ -7,7 +7,11 @@ build=${1:-$root/build/release}
 # The default corpus (King James Bible from Debian's bible-kjv), for the corpus tests.
 export BD3_CORPUS=${BD3_CORPUS:-$build/corpus/kjv.txt}
 "$root/scripts/get_corpus.sh" "$BD3_CORPUS"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+# clang by default (CXX=g++ for GCC): GCC 12 compiles Eigen's GEMM kernel with spilled
+# registers and re-loaded operands, which costs the forward and training passes a quarter
+# of their speed (docs/benchmarks.md, "Compilers").
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_CXX_COMPILER="${CXX:-clang++}" >/dev/null
 cmake --build "$build" -j "$(nproc)"
 cd "$build"
 ctest --output-on-failure -j "$(nproc)"
