@@ -7,7 +7,8 @@
 // BM_linear: the decode linear kernels (kernels/gemm.hpp) against one Eigen GEMM on the
 // shapes of the trained models' decode calls (hidden 256: qkv, MLP in/out, output layer
 // of a 4097-token vocabulary; the `small` preset's output layer, 768 x 50258, read from
-// memory), M = rows of the call; counters GFLOPs = 2 M K N / s, W_GBps = 4 K N bytes / s.
+// memory), M = rows of the call; counters GFLOPs = 2 M K N / s, W_GBps = 4 K N bytes / s
+// (2 K N for small_m_bf16, the weights stored as bfloat16).
 //   OMP_NUM_THREADS=1 build/release/bench_kernels --benchmark_min_time=0.2
 #include <bd3/detail/huge_pages.hpp>
 #include <bd3/kernels/gemm.hpp>
@@ -197,7 +198,8 @@ BD3_BENCH_PAIR(BM_dot);
 BD3_BENCH_PAIR(BM_axpy);
 #undef BD3_BENCH_PAIR
 
-enum class Linear { small_m, tiled, eigen };
+// small_m_bf16: linear_small_m with the weights stored as bfloat16 (half the bytes).
+enum class Linear { small_m, tiled, eigen, small_m_bf16 };
 
 template <Linear L>
 void BM_linear(benchmark::State& state) {
@@ -207,13 +209,18 @@ void BM_linear(benchmark::State& state) {
   // stops at every 4 KiB page: the small output layer streams at 26 instead of 33 GB/s).
   const auto w = random_vec(N * K, -1, 1, 2);
   const std::vector<float, bd3::detail::HugePageAllocator<float>> W(w.begin(), w.end());
+  std::vector<k::bfloat16, bd3::detail::HugePageAllocator<k::bfloat16>> W16;
+  if constexpr (L == Linear::small_m_bf16)
+    for (float v : w) W16.push_back(k::to_bfloat16(v));
   std::vector<float> y(static_cast<std::size_t>(M * N));
   using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   for (auto _ : state) {
     if constexpr (L == Linear::small_m) {
-      k::simd::linear_small_m(x.data(), M, K, W.data(), b.data(), N, y.data());
+      k::simd::linear_small_m<float>(x.data(), M, K, W.data(), b.data(), N, y.data());
+    } else if constexpr (L == Linear::small_m_bf16) {
+      k::simd::linear_small_m(x.data(), M, K, W16.data(), b.data(), N, y.data());
     } else if constexpr (L == Linear::tiled) {
-      k::simd::linear_tiled(x.data(), M, K, W.data(), b.data(), N, y.data());
+      k::simd::linear_tiled<float>(x.data(), M, K, W.data(), b.data(), N, y.data());
     } else {
       Eigen::Map<RowMat> Y(y.data(), M, N);
       Y.noalias() = Eigen::Map<const RowMat>(x.data(), M, K) *
@@ -225,7 +232,8 @@ void BM_linear(benchmark::State& state) {
   state.counters["GFLOPs"] = benchmark::Counter(double(2 * M * K * N) * double(state.iterations()),
                                                 benchmark::Counter::kIsRate);
   state.counters["W_GBps"] = benchmark::Counter(
-      1e-9 * double(4 * K * N) * double(state.iterations()), benchmark::Counter::kIsRate);
+      1e-9 * double((L == Linear::small_m_bf16 ? 2 : 4) * K * N) * double(state.iterations()),
+      benchmark::Counter::kIsRate);
 }
 
 void linear_shapes(benchmark::internal::Benchmark* b) {
@@ -238,6 +246,7 @@ void linear_shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK_TEMPLATE(BM_linear, Linear::small_m)->Apply(linear_shapes);
 BENCHMARK_TEMPLATE(BM_linear, Linear::tiled)->Apply(linear_shapes);
 BENCHMARK_TEMPLATE(BM_linear, Linear::eigen)->Apply(linear_shapes);
+BENCHMARK_TEMPLATE(BM_linear, Linear::small_m_bf16)->Apply(linear_shapes);
 
 }  // namespace
 

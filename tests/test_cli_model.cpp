@@ -72,6 +72,15 @@ TEST_CASE("bd3 bench prints one JSON line", "[cli]") {
               " --what forward --seconds 0.05 --threads 1");
   REQUIRE(r.exit_code == 0);
   CHECK(nlohmann::json::parse(r.out)["tokens_per_s"].get<double>() > 0);
+  // bfloat16 decode weights: half the weight bytes in the bytes read per NFE.
+  auto f32 = j;
+  r = run_cli("bench --model " + test::fixture_dir("b4").string() +
+              " --what decode --seconds 0.05 --threads 1 --decode-weights bf16");
+  REQUIRE(r.exit_code == 0);
+  j = nlohmann::json::parse(r.out);
+  CHECK(j["decode_weights"] == "bf16");
+  CHECK(f32["decode_weights"] == "f32");
+  CHECK(j["bytes_per_nfe"].get<double>() < f32["bytes_per_nfe"].get<double>());
 }
 
 TEST_CASE("core commands reject bad input and bad usage with one line", "[cli][errors]") {
@@ -91,6 +100,8 @@ TEST_CASE("core commands reject bad input and bad usage with one line", "[cli][e
       {"bench --preset huge", 2},
       {"bench --preset mid --model x", 2},
       {"bench --preset mid --what nothing", 2},
+      {"bench --preset mid --what forward --decode-weights bf16", 2},
+      {"bench --preset mid --what decode --decode-weights f64", 2},
       {"forward --model " + test::fixture_dir("b4").string() + " --cases /nonexistent.json --out " +
            tmp.string(),
        1},

@@ -1,30 +1,47 @@
-// The decode linear kernels equal their scalar twin, and give each row the same bits
-// whatever rows share the call (what batched sampling relies on).
+// The decode linear kernels equal their scalar twin, give each row the same bits
+// whatever rows share the call (what batched sampling relies on), and with bfloat16
+// weights give the bits the float kernels give on the widened weights.
 #include <bd3/kernels/gemm.hpp>
 
 #include <catch2/catch.hpp>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <random>
 #include <vector>
 
 namespace {
-using Kernel = void (*)(const float*, int64_t, int64_t, const float*, const float*, int64_t,
-                        float*);
+using bd3::kernels::bfloat16;
+template <class Wt>
+using Kernel = void (*)(const float*, int64_t, int64_t, const Wt*, const float*, int64_t, float*);
 
-// kernel == scalar::linear_small_m (the scalar twin of both decode kernels) on every shape.
-void check_against_scalar(Kernel kernel, std::initializer_list<int> Ms,
+std::vector<bfloat16> rounded(const std::vector<float>& w) {
+  std::vector<bfloat16> h(w.size());
+  for (size_t i = 0; i < w.size(); ++i) h[i] = bd3::kernels::to_bfloat16(w[i]);
+  return h;
+}
+
+// kernel == scalar::linear_small_m (the scalar twin of both decode kernels) on every shape,
+// for float weights and for the same weights rounded to bfloat16.
+template <class Wt>
+void check_against_scalar(Kernel<Wt> kernel, std::initializer_list<int> Ms,
                           std::initializer_list<int> Ns, unsigned seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(-1, 1);
   for (int M : Ms)
-    for (int K : {1, 7, 8, 33, 256})
+    for (int K : {1, 7, 8, 16, 33, 256})
       for (int N : Ns) {
-        std::vector<float> x(M * K), W(N * K), b(N), y(M * N), ref(M * N);
-        for (auto* v : {&x, &W, &b})
+        std::vector<float> x(M * K), Wf(N * K), b(N), y(M * N), ref(M * N);
+        for (auto* v : {&x, &Wf, &b})
           for (auto& e : *v) e = dist(rng);
+        std::vector<Wt> W;
+        if constexpr (std::is_same_v<Wt, float>)
+          W = Wf;
+        else
+          W = rounded(Wf);
         for (bool bias : {false, true}) {
           const float* bp = bias ? b.data() : nullptr;
           kernel(x.data(), M, K, W.data(), bp, N, y.data());
@@ -40,13 +57,83 @@ void check_against_scalar(Kernel kernel, std::initializer_list<int> Ms,
 
 TEST_CASE("linear_small_m equals its scalar twin", "[kernels]") {
   // N covers every remainder of the W rows streamed together (1, 2 or 4 per step).
-  check_against_scalar(bd3::kernels::simd::linear_small_m, {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17},
-                       {1, 2, 3, 5, 6, 7, 64}, 3);
+  check_against_scalar<float>(bd3::kernels::simd::linear_small_m<float>,
+                              {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17}, {1, 2, 3, 5, 6, 7, 64}, 3);
+  check_against_scalar<bfloat16>(bd3::kernels::simd::linear_small_m<bfloat16>,
+                                 {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17}, {1, 2, 3, 5, 6, 7, 64}, 13);
 }
 
 TEST_CASE("linear_tiled equals its scalar twin", "[kernels]") {
-  check_against_scalar(bd3::kernels::simd::linear_tiled, {1, 2, 3, 7, 9, 64, 65, 130},
-                       {1, 3, 4, 5, 64, 67}, 4);
+  check_against_scalar<float>(bd3::kernels::simd::linear_tiled<float>, {1, 2, 3, 7, 9, 64, 65, 130},
+                              {1, 3, 4, 5, 64, 67}, 4);
+  check_against_scalar<bfloat16>(bd3::kernels::simd::linear_tiled<bfloat16>,
+                                 {1, 2, 3, 7, 9, 64, 65, 130}, {1, 3, 4, 5, 64, 67}, 14);
+}
+
+TEST_CASE("bfloat16 rounding: nearest, ties to even, NaN and overflow", "[kernels][bf16]") {
+  using bd3::kernels::to_bfloat16;
+  using bd3::kernels::to_float;
+  auto from_bits = [](uint32_t u) { return std::bit_cast<float>(u); };
+  // Exactly representable values survive the round trip.
+  for (float f : {0.0f, -0.0f, 1.0f, -2.5f, 0.15625f, 65536.0f, 0x1p-130f})
+    CHECK(to_float(to_bfloat16(f)) == f);
+  CHECK(to_bfloat16(1.0f).bits == 0x3F80);
+  // Below half an ulp rounds down, above rounds up, a tie goes to the even mantissa.
+  CHECK(to_bfloat16(from_bits(0x3F807FFFu)).bits == 0x3F80);
+  CHECK(to_bfloat16(from_bits(0x3F808001u)).bits == 0x3F81);
+  CHECK(to_bfloat16(from_bits(0x3F808000u)).bits == 0x3F80);  // tie, 0x3F80 even
+  CHECK(to_bfloat16(from_bits(0x3F818000u)).bits == 0x3F82);  // tie, 0x3F81 odd: up
+  // Negative values round symmetrically.
+  CHECK(to_bfloat16(from_bits(0xBF808001u)).bits == 0xBF81);
+  // Infinities stay; the largest floats round past the largest bfloat16 to infinity.
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(to_float(to_bfloat16(inf)) == inf);
+  CHECK(to_float(to_bfloat16(-inf)) == -inf);
+  CHECK(to_float(to_bfloat16(std::numeric_limits<float>::max())) == inf);
+  CHECK(to_bfloat16(from_bits(0x7F7F7FFFu)).bits == 0x7F7F);  // just below: finite
+  // NaN stays NaN, of the same sign, even with only low mantissa bits set (which a plain
+  // rounding add would turn into infinity).
+  for (uint32_t nan : {0x7FC00000u, 0x7F800001u, 0xFF800001u, 0x7FFFFFFFu}) {
+    const bfloat16 h = to_bfloat16(from_bits(nan));
+    CHECK(std::isnan(to_float(h)));
+    CHECK((h.bits >> 15) == (nan >> 31));
+  }
+  // Subnormals keep their top bits (bfloat16 has float's exponent range).
+  CHECK(to_bfloat16(from_bits(0x00010000u)).bits == 0x0001);
+  // Widening is exact: every bfloat16 pattern that is not NaN comes back bit for bit.
+  for (uint32_t bits = 0; bits < 0x10000u; ++bits) {
+    const float f = to_float(bfloat16{uint16_t(bits)});
+    if (!std::isnan(f)) REQUIRE(to_bfloat16(f).bits == bits);
+  }
+}
+
+TEST_CASE("bfloat16 weights give the float kernels' bits on the widened weights",
+          "[kernels][bf16]") {
+  // The identity decoding with bfloat16 weights relies on: same FMAs in the same order, so
+  // the results are equal, not close. Every row count of both kernels, K with and
+  // without a tail, with and without a bias.
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  for (int M : {1, 2, 3, 4, 5, 8, 9, 16, 33})
+    for (int K : {7, 16, 40, 257})
+      for (int N : {1, 5, 67}) {
+        std::vector<float> x(M * K), Wf(N * K), b(N), y16(M * N), y32(M * N);
+        for (auto* v : {&x, &Wf, &b})
+          for (auto& e : *v) e = dist(rng);
+        const auto W16 = rounded(Wf);
+        std::vector<float> widened(W16.size());
+        for (size_t i = 0; i < W16.size(); ++i) widened[i] = bd3::kernels::to_float(W16[i]);
+        for (bool bias : {false, true}) {
+          const float* bp = bias ? b.data() : nullptr;
+          INFO("M " << M << " K " << K << " N " << N << " bias " << bias);
+          bd3::kernels::simd::linear_few_rows(x.data(), M, K, W16.data(), bp, N, y16.data());
+          bd3::kernels::simd::linear_few_rows(x.data(), M, K, widened.data(), bp, N, y32.data());
+          for (int i = 0; i < M * N; ++i) REQUIRE(y16[i] == y32[i]);
+          bd3::kernels::simd::linear_tiled(x.data(), M, K, W16.data(), bp, N, y16.data());
+          bd3::kernels::simd::linear_tiled(x.data(), M, K, widened.data(), bp, N, y32.data());
+          for (int i = 0; i < M * N; ++i) REQUIRE(y16[i] == y32[i]);
+        }
+      }
 }
 
 TEST_CASE("a row's result does not depend on the rows beside it", "[kernels][batch]") {

@@ -113,7 +113,7 @@ int run_inspect(const std::string& given) {
 
 // ---- bd3 bench --------------------------------------------------------------------
 struct BenchOptions {
-  std::string model, preset, what = "forward";
+  std::string model, preset, what = "forward", decode_weights = "f32";
   int threads = 0, batch = 1;
   double seconds = 3.0;
 };
@@ -142,12 +142,16 @@ int run_bench(const BenchOptions& o) {
   if (!(o.seconds >= 0 && o.seconds <= 86400)) fail_usage("--seconds must be in [0, 86400]");
   {
     const auto c = o.model.empty() ? preset_config(o.preset) : load_config(model_dir(o.model));
-    check_memory(o.what == "decode" ? sampling_bytes(c, o.batch, c.model_length)
-                                    : training_bytes(c, o.batch),
+    if (o.decode_weights == "bf16" && o.what != "decode")
+      fail_usage("--decode-weights bf16 applies to --what decode");
+    check_memory(o.what == "decode"
+                     ? sampling_bytes(c, o.batch, c.model_length, o.decode_weights == "bf16")
+                     : training_bytes(c, o.batch),
                  fmt::format("bench --what {} --batch {}", o.what, o.batch));
   }
   CliModel model = o.model.empty() ? CliModel(preset_config(o.preset)) : load_model(o.model);
   if (!o.preset.empty()) randomize(model, 1234);
+  if (o.decode_weights == "bf16") model.set_decode_weights(DecodeWeights::bf16);
   const auto& c = model.config();
   const int L = c.model_length, Bp = c.block_size, D = c.hidden_dim, V = c.vocab_size;
   std::mt19937_64 rng(7);
@@ -199,7 +203,9 @@ int run_bench(const BenchOptions& o) {
     const double rows = double(o.batch) * Bp;
     const double flops =
         rows * (c.n_blocks * (linear_flops_per_row(c) + 4.0 * L * D) + 2.0 * D * V);
-    const double weight_bytes = 4.0 * (double(c.n_blocks) * 12.0 * D * D + double(V) * D);
+    const double bytes_per_weight = o.decode_weights == "bf16" ? 2.0 : 4.0;
+    const double weight_bytes =
+        bytes_per_weight * (double(c.n_blocks) * 12.0 * D * D + double(V) * D);
     const double cache_bytes = 4.0 * 2.0 * double(c.n_blocks) * L * D * o.batch;
     out["seconds"] = secs / iters;
     out["nfe_per_s"] = iters / secs;
@@ -207,6 +213,7 @@ int run_bench(const BenchOptions& o) {
     out["gflops"] = flops * iters / secs / 1e9;
     out["bytes_per_nfe"] = weight_bytes + cache_bytes;
     out["gb_per_s"] = (weight_bytes + cache_bytes) * iters / secs / 1e9;
+    out["decode_weights"] = o.decode_weights;
   } else if (o.what == "train") {
     // One training step's forward + backward (loss_and_gradient) at batch x model_length.
     std::vector<int32_t> x0(size_t(o.batch) * L), xt(x0.size());
@@ -270,6 +277,9 @@ Registrar bench_cmd([](CLI::App& app) -> Runner {
   sub->add_option("--threads", o->threads, "threads (0 = all cores)");
   sub->add_option("--batch", o->batch, "sequences per call");
   sub->add_option("--seconds", o->seconds, "minimum measuring time");
+  sub->add_option("--decode-weights", o->decode_weights,
+                  "decode: weights stored as f32, or bf16 (half the bytes)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   return [o] { return run_bench(*o); };
 });
 

@@ -44,7 +44,7 @@ std::string dump(const nlohmann::ordered_json& j) {
 constexpr int64_t kMaxSampleLength = int64_t{1} << 24;
 
 struct SampleArgs {
-  std::string model, prompt, noise = "loglinear";
+  std::string model, prompt, noise = "loglinear", decode_weights = "f32";
   int64_t length = 0, bos = -1, eos = -1;
   uint64_t seed = 0;
   int steps = 0, top_k = 0, batch = 1, threads = 0, max_retries = 10;
@@ -72,6 +72,9 @@ int run_sample(const SampleArgs& a) {
     fail_usage("--temperature must be finite and >= 0 (0 = greedy)");
   if (a.batch < 1) fail_usage("--batch must be >= 1");
   check_count("--max-retries", a.max_retries, 0);
+  const bool bf16 = a.decode_weights == "bf16";
+  if (bf16 && a.no_kv)
+    fail_usage("--decode-weights bf16 applies to KV-cached decoding: not with --no-kv-cache");
   set_threads(a.threads);
   const RuntimeNoise noise(a.noise);
 
@@ -79,7 +82,7 @@ int run_sample(const SampleArgs& a) {
   const auto config = load_config(dir);
   // Before the weights are read: a length or batch that cannot fit is a usage error.
   check_memory(
-      sampling_bytes(config, a.batch, a.length_opt->count() ? a.length : config.model_length),
+      sampling_bytes(config, a.batch, a.length_opt->count() ? a.length : config.model_length, bf16),
       fmt::format("sampling --batch {} x --length {}", a.batch,
                   a.length_opt->count() ? a.length : config.model_length));
   auto ck = load_checkpoint(dir);
@@ -87,6 +90,7 @@ int run_sample(const SampleArgs& a) {
   std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());
   model.parameters_changed();
   ck.parameters = {};
+  if (bf16) model.set_decode_weights(DecodeWeights::bf16);
   const auto& cfg = model.config();
   const auto tokenizer = find_tokenizer(dir);
   if (tokenizer && tokenizer->model_vocab_size() != cfg.vocab_size)
@@ -209,6 +213,10 @@ const Registrar sample_command([](CLI::App& app) -> Runner {
                   "Redraws of a degenerate fixed-length sample before failing");
   sub->add_flag("--json", a->json,
                 "One JSON line per sequence: ids, text, tokens, nfe, commit_calls, seconds, ...");
+  sub->add_option("--decode-weights", a->decode_weights,
+                  "Weights the KV-cached decode calls read: f32, or bf16 (half the bytes, "
+                  "rounded to bfloat16)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   sub->add_option("--threads", a->threads, "Threads (0 = all cores)");
   return [a] { return run_sample(*a); };
 });

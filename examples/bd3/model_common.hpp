@@ -80,12 +80,13 @@ inline double training_bytes(const ModelConfig& c, int64_t batch) {
 
 // Sampling: the weights, and per sequence its tokens, the KV cache, the current block's
 // logits and distributions, the forward's rows.
-inline double sampling_bytes(const ModelConfig& c, int64_t batch, int64_t length) {
+inline double sampling_bytes(const ModelConfig& c, int64_t batch, int64_t length,
+                             bool bf16_weights = false) {
   const double P = double(ParameterLayout(c).total()), D = c.hidden_dim, Bp = c.block_size;
   const double per_sequence = 4.0 * double(length) + 16 * Bp * c.vocab_size +
                               8.0 * c.n_blocks * (double(c.model_length) + 2 * Bp) * D +
                               4.0 * 2 * Bp * 24 * D;
-  return 8 * P + double(batch) * per_sequence;
+  return (bf16_weights ? 10 : 8) * P + double(batch) * per_sequence;
 }
 
 // Random-weight models of the official small size and of a mid size, for benchmarks.

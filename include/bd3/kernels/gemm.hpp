@@ -12,24 +12,42 @@
 // lane-wise FMA chain over k, then a horizontal add, then the tail): a row's result does
 // not depend on which other rows share the call, so a batch of sequences samples exactly
 // what each sequence samples alone.
+// W may be float or bfloat16 (kernels/bfloat16.hpp): a bfloat16 weight is widened to float
+// exactly before the same FMA, so the bfloat16 kernels give bit for bit what the float
+// kernels give on the widened weights, from half the bytes.
 #include <omp.h>
 #include <xsimd/xsimd.hpp>
 
 #include <algorithm>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
+
+#include "bfloat16.hpp"
 
 namespace bd3::kernels {
 
 inline constexpr int small_m_max_rows = 8;
 
+inline float widen(float w) {
+  return w;
+}
+inline float widen(bfloat16 w) {
+  return to_float(w);
+}
+
+// Weight types the decode kernels stream.
+template <class W>
+concept DecodeWeight = std::same_as<W, float> || std::same_as<W, bfloat16>;
+
 namespace scalar {
-template <class T>
-void linear_small_m(const T* x, int64_t M, int64_t K, const T* W, const T* b, int64_t N, T* y) {
+template <class T, class Wt = T>
+void linear_small_m(const T* x, int64_t M, int64_t K, const Wt* W, const T* b, int64_t N, T* y) {
   for (int64_t j = 0; j < N; ++j)
     for (int64_t r = 0; r < M; ++r) {
       T s = b ? b[j] : T(0);
-      for (int64_t k = 0; k < K; ++k) s += x[r * K + k] * W[j * K + k];
+      for (int64_t k = 0; k < K; ++k) s += x[r * K + k] * T(widen(W[j * K + k]));
       y[r * N + j] = s;
     }
 }
@@ -37,58 +55,85 @@ void linear_small_m(const T* x, int64_t M, int64_t K, const T* W, const T* b, in
 
 namespace simd {
 namespace detail {
-// How far ahead (in floats) dot_rows asks for W: the hardware prefetcher alone leaves the
+// How far ahead (in bytes) dot_rows asks for W: the hardware prefetcher alone leaves the
 // FMA loop waiting on memory. On the `small` output layer (768 x 50258, 154 MB, 2 threads;
 // bench_kernels BM_linear when it still kept W on 4 KiB pages): 4 rows 25.0 -> 26.5 GB/s,
 // 8 rows 17.4 -> 21.1; a scan of distances put the best at 1 KiB for 4 rows and 2 KiB for 8,
 // farther being slower. (Streaming two W rows at once instead, for more FMA chains, was slower from
-// memory: 25 -> 15 GB/s for 4 rows.)
+// memory: 25 -> 15 GB/s for 4 rows.) The same distance serves bfloat16 weights: 2 and 4
+// times farther measured even on the same layer.
 template <int R>
-inline constexpr int64_t prefetch_distance = R <= 4 ? 256 : 512;
+inline constexpr int64_t prefetch_bytes = R <= 4 ? 1024 : 2048;
+
+using batch = xsimd::batch<float>;
+
+// A batch of weights as floats. bfloat16 is widened by a shift of the 16-bit lanes; with
+// AVX2 or AVX-512 in one widening load and a shift (vpmovzxwd + vpslld), else lane by lane.
+inline batch load_weights(const float* w) {
+  return batch::load_unaligned(w);
+}
+inline batch load_weights(const bfloat16* w) {
+#if defined(__AVX512F__)
+  if constexpr (batch::size == 16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    return batch(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (batch::size == 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+    return batch(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+  }
+#endif
+  alignas(64) float wide[batch::size];
+  for (std::size_t i = 0; i < batch::size; ++i) wide[i] = to_float(w[i]);
+  return batch::load_aligned(wide);
+}
 
 // Rows of x handled together, as a compile-time count so the accumulators stay in registers.
-template <int R>
-void dot_rows(const float* x, int64_t K, const float* w, float* out) {
-  using batch = xsimd::batch<float>;
+template <int R, class Wt>
+void dot_rows(const float* x, int64_t K, const Wt* w, float* out) {
   constexpr int64_t lanes = batch::size;
+  constexpr int64_t per_line = 64 / int64_t(sizeof(Wt));  // weights per 64-byte line
+  static_assert(per_line % lanes == 0, "dot_rows: a cache line holds whole batches");
   batch acc[R];
   for (int r = 0; r < R; ++r) acc[r] = batch(0.0f);
   int64_t k = 0;
   for (; k + lanes <= K; k += lanes) {
     // One request per 64-byte line. The address is made as an integer: near the end of W
     // it lies past the array (a prefetch never faults; pointer arithmetic there is UB).
-    if (k % 16 == 0)
-      __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(w + k) +
-                                                       sizeof(float) * prefetch_distance<R>),
-                         0, 0);
-    const batch wv = batch::load_unaligned(w + k);
+    if (k % per_line == 0)
+      __builtin_prefetch(
+          reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(w + k) + prefetch_bytes<R>), 0,
+          0);
+    const batch wv = load_weights(w + k);
     for (int r = 0; r < R; ++r)
       acc[r] = xsimd::fma(batch::load_unaligned(x + r * K + k), wv, acc[r]);
   }
   for (int r = 0; r < R; ++r) {
     float s = xsimd::hadd(acc[r]);
-    for (int64_t kk = k; kk < K; ++kk) s += x[r * K + kk] * w[kk];
+    for (int64_t kk = k; kk < K; ++kk) s += x[r * K + kk] * widen(w[kk]);
     out[r] = s;
   }
 }
 
-template <int R>
-void linear_rows(const float* x, int64_t K, const float* W, const float* b, int64_t N, float* y,
+template <int R, class Wt>
+void linear_rows(const float* x, int64_t K, const Wt* W, const float* b, int64_t N, float* y,
                  int64_t ldy) {
   // (Two rows of W per step, for more FMA chains, measured slower: 36 vs 29 ms per NFE on
   // "small", and again on 2026-11-28 with huge pages: 31 vs 25 ms; memory-bound rows gain
-  // nothing from more chains.)
+  // nothing from more chains. With bfloat16 weights too: 1 row 3.0-3.5 -> 4.4-5.4 ms on
+  // the `small` output layer.)
 #pragma omp parallel for schedule(static) if (N * K > 65536)
   for (int64_t j = 0; j < N; ++j) {
     float o[R];
-    dot_rows<R>(x, K, W + j * K, o);
+    dot_rows<R, Wt>(x, K, W + j * K, o);
     for (int r = 0; r < R; ++r) y[r * ldy + j] = o[r] + (b ? b[j] : 0.0f);
   }
 }
 // Output tile [R, C]: rows x[0..R) against W rows w[0..C), both with row stride K.
-template <int R, int C>
-void dot_tile(const float* x, int64_t K, const float* w, const float* b, float* y, int64_t ldy) {
-  using batch = xsimd::batch<float>;
+template <int R, int C, class Wt>
+void dot_tile(const float* x, int64_t K, const Wt* w, const float* b, float* y, int64_t ldy) {
   constexpr int64_t lanes = batch::size;
   batch acc[R][C];
   for (int r = 0; r < R; ++r)
@@ -96,7 +141,7 @@ void dot_tile(const float* x, int64_t K, const float* w, const float* b, float* 
   int64_t k = 0;
   for (; k + lanes <= K; k += lanes) {
     batch wv[C];
-    for (int c = 0; c < C; ++c) wv[c] = batch::load_unaligned(w + c * K + k);
+    for (int c = 0; c < C; ++c) wv[c] = load_weights(w + c * K + k);
     for (int r = 0; r < R; ++r) {
       const batch xv = batch::load_unaligned(x + r * K + k);
       for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(xv, wv[c], acc[r][c]);
@@ -105,7 +150,7 @@ void dot_tile(const float* x, int64_t K, const float* w, const float* b, float* 
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) {
       float s = xsimd::hadd(acc[r][c]);
-      for (int64_t kk = k; kk < K; ++kk) s += x[r * K + kk] * w[c * K + kk];
+      for (int64_t kk = k; kk < K; ++kk) s += x[r * K + kk] * widen(w[c * K + kk]);
       y[r * ldy + c] = s + (b ? b[c] : 0.0f);
     }
 }
@@ -114,66 +159,68 @@ void dot_tile(const float* x, int64_t K, const float* w, const float* b, float* 
 // 45 GFLOP/s on one thread), and its row and column remainders.
 inline constexpr int64_t tile_rows = 2, tile_cols = 4;
 
-template <int R>
-void dot_tile_cols(const float* x, int64_t K, const float* w, const float* b, float* y, int64_t ldy,
+template <int R, class Wt>
+void dot_tile_cols(const float* x, int64_t K, const Wt* w, const float* b, float* y, int64_t ldy,
                    int cols) {
   static_assert(tile_cols == 4, "dot_tile_cols: one case per column count");
   switch (cols) {
     case 1:
-      dot_tile<R, 1>(x, K, w, b, y, ldy);
+      dot_tile<R, 1, Wt>(x, K, w, b, y, ldy);
       break;
     case 2:
-      dot_tile<R, 2>(x, K, w, b, y, ldy);
+      dot_tile<R, 2, Wt>(x, K, w, b, y, ldy);
       break;
     case 3:
-      dot_tile<R, 3>(x, K, w, b, y, ldy);
+      dot_tile<R, 3, Wt>(x, K, w, b, y, ldy);
       break;
     default:
-      dot_tile<R, 4>(x, K, w, b, y, ldy);
+      dot_tile<R, 4, Wt>(x, K, w, b, y, ldy);
       break;
   }
 }
 
-inline void dot_tile_any(const float* x, int64_t K, const float* w, const float* b, float* y,
-                         int64_t ldy, int rows, int cols) {
+template <class Wt>
+void dot_tile_any(const float* x, int64_t K, const Wt* w, const float* b, float* y, int64_t ldy,
+                  int rows, int cols) {
   static_assert(tile_rows == 2, "dot_tile_any: one case per row count");
   if (rows == 1)
-    dot_tile_cols<1>(x, K, w, b, y, ldy, cols);
+    dot_tile_cols<1, Wt>(x, K, w, b, y, ldy, cols);
   else
-    dot_tile_cols<2>(x, K, w, b, y, ldy, cols);
+    dot_tile_cols<2, Wt>(x, K, w, b, y, ldy, cols);
 }
 }  // namespace detail
 
-inline void linear_small_m(const float* x, int64_t M, int64_t K, const float* W, const float* b,
-                           int64_t N, float* y) {
+template <DecodeWeight Wt>
+void linear_small_m(const float* x, int64_t M, int64_t K, const Wt* W, const float* b, int64_t N,
+                    float* y) {
   for (int64_t r0 = 0; r0 < M; r0 += small_m_max_rows) {
     const int64_t rows = std::min<int64_t>(small_m_max_rows, M - r0);
     const float* xr = x + r0 * K;
     float* yr = y + r0 * N;
     switch (rows) {
       case 1:
-        detail::linear_rows<1>(xr, K, W, b, N, yr, N);
+        detail::linear_rows<1, Wt>(xr, K, W, b, N, yr, N);
         break;
       case 2:
-        detail::linear_rows<2>(xr, K, W, b, N, yr, N);
+        detail::linear_rows<2, Wt>(xr, K, W, b, N, yr, N);
         break;
       case 3:
-        detail::linear_rows<3>(xr, K, W, b, N, yr, N);
+        detail::linear_rows<3, Wt>(xr, K, W, b, N, yr, N);
         break;
       case 4:
-        detail::linear_rows<4>(xr, K, W, b, N, yr, N);
+        detail::linear_rows<4, Wt>(xr, K, W, b, N, yr, N);
         break;
       case 5:
-        detail::linear_rows<5>(xr, K, W, b, N, yr, N);
+        detail::linear_rows<5, Wt>(xr, K, W, b, N, yr, N);
         break;
       case 6:
-        detail::linear_rows<6>(xr, K, W, b, N, yr, N);
+        detail::linear_rows<6, Wt>(xr, K, W, b, N, yr, N);
         break;
       case 7:
-        detail::linear_rows<7>(xr, K, W, b, N, yr, N);
+        detail::linear_rows<7, Wt>(xr, K, W, b, N, yr, N);
         break;
       default:
-        detail::linear_rows<8>(xr, K, W, b, N, yr, N);
+        detail::linear_rows<8, Wt>(xr, K, W, b, N, yr, N);
         break;
     }
   }
@@ -182,8 +229,9 @@ inline void linear_small_m(const float* x, int64_t M, int64_t K, const float* W,
 // panel, reuses each group of tile_cols W rows (in L1) for every tile_rows rows of x:
 // 8 accumulators (the FMA latency times its two pipes), 6 loads per 8 FMAs. (Panels sized
 // to L1, 16 KiB of x, measured slower for K = 1024: 53 against 62 GFLOP/s.)
-inline void linear_tiled(const float* x, int64_t M, int64_t K, const float* W, const float* b,
-                         int64_t N, float* y) {
+template <DecodeWeight Wt>
+void linear_tiled(const float* x, int64_t M, int64_t K, const Wt* W, const float* b, int64_t N,
+                  float* y) {
   using detail::tile_cols;
   using detail::tile_rows;
   constexpr int64_t panel_rows = 64;
@@ -207,8 +255,9 @@ inline void linear_tiled(const float* x, int64_t M, int64_t K, const float* W, c
 }
 
 // The decode kernel: few rows stream W, more rows use tiles (same numbers either way).
-inline void linear_few_rows(const float* x, int64_t M, int64_t K, const float* W, const float* b,
-                            int64_t N, float* y) {
+template <DecodeWeight Wt>
+void linear_few_rows(const float* x, int64_t M, int64_t K, const Wt* W, const float* b, int64_t N,
+                     float* y) {
   if (M <= small_m_max_rows)
     linear_small_m(x, M, K, W, b, N, y);
   else

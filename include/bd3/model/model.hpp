@@ -93,6 +93,14 @@ struct TrainActivations {
                                             // kept branch outputs are scaled by 1/(1-p)
 };
 
+// How KV-cached decode calls store the weight matrices of the linear layers they stream
+// (qkv, attention output, MLP in and out, output layer): float32 (the default), or
+// bfloat16 copies, half the bytes, each weight rounded to the nearest bfloat16 (the
+// arithmetic stays float32; embeddings, biases and norms stay float32). Decoding with bf16
+// gives exactly what float32 decoding gives on the model with those matrices rounded to
+// bfloat16 (tests/test_decode_bf16.cpp).
+enum class DecodeWeights { f32, bf16 };
+
 // The adaLN modulation vectors, constant per model when time conditioning is off.
 template <class T>
 struct Modulation {
@@ -140,9 +148,28 @@ class BlockDiffusionModel {
   Scalar* param(int64_t offset) { return params_.data() + offset; }
   const Scalar* param(int64_t offset) const { return params_.data() + offset; }
 
-  // Recomputes what depends only on the weights (conditioning vector, modulations).
-  // Call after changing parameters().
-  void parameters_changed() { compute_conditioning(); }
+  // Recomputes what depends only on the weights (conditioning vector, modulations, the
+  // bfloat16 decode weights). Call after changing parameters().
+  void parameters_changed() {
+    compute_conditioning();
+    if (decode_weights_ == DecodeWeights::bf16) round_decode_weights();
+  }
+
+  // The weight storage of decode calls (forward_block, forward_block_fused, commit_block).
+  // bf16 keeps a bfloat16 copy of the parameters beside the float32 ones (2 bytes per
+  // parameter) and makes the linear layers of decode calls read it; the training and full
+  // forwards keep reading float32.
+  void set_decode_weights(DecodeWeights storage) {
+    if constexpr (!std::is_same_v<Scalar, float>)
+      if (storage == DecodeWeights::bf16)
+        fail_usage("bfloat16 decode weights need a float32 model");
+    decode_weights_ = storage;
+    if (storage == DecodeWeights::bf16)
+      round_decode_weights();
+    else
+      params_bf16_ = {};
+  }
+  DecodeWeights decode_weights() const { return decode_weights_; }
 
   const std::vector<Scalar>& conditioning() const { return cond_; }
   const std::vector<Modulation<Scalar>>& modulations() const { return mods_; }
@@ -488,8 +515,30 @@ class BlockDiffusionModel {
     norm_modulate(x.data(), rows, D, final_a_.data(), final_shift_.data(), hf.data(), mean.data(),
                   rstd.data());
     logits.resize(size_t(rows) * V);
-    linear(hf.data(), rows, D, param(layout_.out_w), param(layout_.out_b), V, logits.data(),
-           decode);
+    if (decode)
+      decode_linear(hf.data(), rows, D, layout_.out_w, param(layout_.out_b), V, logits.data());
+    else
+      linear(hf.data(), rows, D, param(layout_.out_w), param(layout_.out_b), V, logits.data());
+  }
+
+  // A linear layer of a decode call: W at `w_offset` in the flat parameters, read from the
+  // bfloat16 copy when the model decodes with bf16 weights.
+  void decode_linear(const Scalar* x, int64_t N, int64_t in, int64_t w_offset, const Scalar* b,
+                     int64_t out, Scalar* y) const {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (decode_weights_ == DecodeWeights::bf16) {
+        kernels::simd::linear_few_rows(x, N, in, params_bf16_.data() + w_offset, b, out, y);
+        return;
+      }
+    }
+    linear(x, N, in, param(w_offset), b, out, y, true);
+  }
+
+  void round_decode_weights() {
+    params_bf16_.resize(params_.size());
+#pragma omp parallel for schedule(static) if (params_.size() > (size_t(1) << 20))
+    for (int64_t i = 0; i < int64_t(params_.size()); ++i)
+      params_bf16_[size_t(i)] = kernels::to_bfloat16(float(params_[size_t(i)]));
   }
 
   // The layers of a decode call. Rows per sequence: the optional clean block to commit
@@ -538,7 +587,7 @@ class BlockDiffusionModel {
       const auto& o = layout_.layers[l];
       const auto& m = mods_[l];
       norm_modulate(x.data(), N, D, m.a1.data(), m.shift1.data(), h.data(), nullptr, nullptr);
-      linear(h.data(), N, D, param(o.attn_qkv), nullptr, 3 * D, qkv.data(), true);
+      decode_linear(h.data(), N, D, o.attn_qkv, nullptr, 3 * D, qkv.data());
       apply_rotary(
           qkv.data(), N, [R](int i) { return i % R; }, cos, sin);
       auto attend = [&](int b) {
@@ -573,14 +622,14 @@ class BlockDiffusionModel {
       } else {
         for (int b = 0; b < batch; ++b) attend(b);
       }
-      linear(att.data(), N, D, param(o.attn_out), nullptr, D, proj.data(), true);
+      decode_linear(att.data(), N, D, o.attn_out, nullptr, D, proj.data());
       gate_add(x.data(), N, D, m.gate1.data(), proj.data());
       norm_modulate(x.data(), N, D, m.a2.data(), m.shift2.data(), h.data(), nullptr, nullptr);
-      linear(h.data(), N, D, param(o.mlp0_w), param(o.mlp0_b), F, pre.data(), true);
+      decode_linear(h.data(), N, D, o.mlp0_w, param(o.mlp0_b), F, pre.data());
 #pragma omp parallel for schedule(static) if (N * F > 32768)
       for (int64_t i = 0; i < N; ++i)
         kernels::gelu_tanh<Scalar>(pre.data() + i * F, act.data() + i * F, F);
-      linear(act.data(), N, F, param(o.mlp2_w), param(o.mlp2_b), D, proj.data(), true);
+      decode_linear(act.data(), N, F, o.mlp2_w, param(o.mlp2_b), D, proj.data());
       gate_add(x.data(), N, D, m.gate2.data(), proj.data());
     }
     return x;
@@ -592,6 +641,9 @@ class BlockDiffusionModel {
   ParameterLayout layout_;
   // Decode streams all of it every call: huge pages where the system grants them.
   std::vector<Scalar, detail::HugePageAllocator<Scalar>> params_;
+  DecodeWeights decode_weights_ = DecodeWeights::f32;
+  // With DecodeWeights::bf16: params_ rounded to bfloat16, same layout (else empty).
+  std::vector<kernels::bfloat16, detail::HugePageAllocator<kernels::bfloat16>> params_bf16_;
   std::vector<Scalar> cond_, sigma_hidden_, sigma_out_;
   std::vector<Modulation<Scalar>> mods_;
   std::vector<Scalar> final_shift_, final_scale_, final_a_;
