@@ -78,8 +78,7 @@ inline batch load_weights(const bfloat16* w) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
     return batch(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
   }
-#endif
-#if defined(__AVX2__)
+#elif defined(__AVX2__)  // (exclusive: outside a template a discarded branch still compiles)
   if constexpr (batch::size == 8) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
     return batch(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
