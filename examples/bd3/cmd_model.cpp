@@ -1,14 +1,18 @@
 // bd3 forward | inspect | bench: the core commands over a checkpoint or a preset.
 #include <bd3/bd3.hpp>
+#include <bd3/detail/huge_pages.hpp>
+#include <bd3/kernels/simd.hpp>
 #include <bd3/train/backward.hpp>
 
 #include <fmt/format.h>
+#include <omp.h>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <set>
+#include <vector>
 
 #include "cli.hpp"
 #include "model_common.hpp"
@@ -118,6 +122,34 @@ struct BenchOptions {
   double seconds = 3.0;
 };
 
+// The machine's read bandwidth, as bench_machine's BM_mem_read measures it: every thread
+// sums its share of a buffer 8 times the size of a 32 MiB L3 (simd::detail::sum_of), GB/s.
+class ReadBandwidthProbe {
+ public:
+  static constexpr size_t bytes = size_t(256) << 20;
+
+  ReadBandwidthProbe() : buffer_(bytes / sizeof(float), 1.0f) { (void)gb_per_s(); }
+
+  double gb_per_s() const {
+    const auto start = Clock::now();
+    const auto n = std::ptrdiff_t(buffer_.size());
+    float sum = 0;
+#pragma omp parallel reduction(+ : sum)
+    {
+      const std::ptrdiff_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const std::ptrdiff_t begin = n * t / nt, end = n * (t + 1) / nt;
+      sum += kernels::simd::detail::sum_of(buffer_.data() + begin, end - begin);
+    }
+    const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    last_sum_ = sum;  // an observable result, so the reads stay
+    return double(bytes) / secs / 1e9;
+  }
+
+ private:
+  std::vector<float, detail::HugePageAllocator<float>> buffer_;
+  mutable float last_sum_ = 0;
+};
+
 // Multiply-adds of the linear layers per row, and allowed (query, key) pairs of the masks.
 double linear_flops_per_row(const ModelConfig& c) {
   return 24.0 * double(c.hidden_dim) * c.hidden_dim;
@@ -140,18 +172,18 @@ int run_bench(const BenchOptions& o) {
     fail_usage("bench: give exactly one of --model and --preset");
   if (o.batch < 1) fail_usage("--batch must be >= 1");
   if (!(o.seconds >= 0 && o.seconds <= 86400)) fail_usage("--seconds must be in [0, 86400]");
+  const bool bf16 = o.decode_weights == "bf16";
   {
     const auto c = o.model.empty() ? preset_config(o.preset) : load_config(model_dir(o.model));
-    if (o.decode_weights == "bf16" && o.what != "decode")
-      fail_usage("--decode-weights bf16 applies to --what decode");
-    check_memory(o.what == "decode"
-                     ? sampling_bytes(c, o.batch, c.model_length, o.decode_weights == "bf16")
-                     : training_bytes(c, o.batch),
+    if (bf16 && o.what != "decode") fail_usage("--decode-weights bf16 applies to --what decode");
+    check_memory(o.what == "decode" ? sampling_bytes(c, o.batch, c.model_length, bf16) +
+                                          double(ReadBandwidthProbe::bytes)
+                                    : training_bytes(c, o.batch),
                  fmt::format("bench --what {} --batch {}", o.what, o.batch));
   }
   CliModel model = o.model.empty() ? CliModel(preset_config(o.preset)) : load_model(o.model);
   if (!o.preset.empty()) randomize(model, 1234);
-  if (o.decode_weights == "bf16") model.set_decode_weights(DecodeWeights::bf16);
+  if (bf16) model.set_decode_weights(DecodeWeights::bf16);
   const auto& c = model.config();
   const int L = c.model_length, Bp = c.block_size, D = c.hidden_dim, V = c.vocab_size;
   std::mt19937_64 rng(7);
@@ -199,11 +231,30 @@ int run_bench(const BenchOptions& o) {
     }
     for (auto& t : block) t = c.mask_index;
     std::vector<float> logits;
-    auto [iters, secs] = time_loop([&] { model.forward_block(block, cache, logits); });
+    // Rounds of decode calls with a read-bandwidth probe before each and after the last:
+    // this machine's memory speed drifts by a third within the hour, so the fraction of
+    // the bandwidth bound needs both figures from the same stretch of time.
+    const ReadBandwidthProbe probe;
+    constexpr int rounds = 5;
+    double probe_sum = probe.gb_per_s();
+    int iters = 0;
+    double secs = 0;
+    model.forward_block(block, cache, logits);  // warm-up
+    for (int round = 0; round < rounds; ++round) {
+      const auto start = Clock::now();
+      double elapsed = 0;
+      do {
+        model.forward_block(block, cache, logits);
+        ++iters;
+        elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+      } while (elapsed < o.seconds / rounds);
+      secs += elapsed;
+      probe_sum += probe.gb_per_s();
+    }
     const double rows = double(o.batch) * Bp;
     const double flops =
         rows * (c.n_blocks * (linear_flops_per_row(c) + 4.0 * L * D) + 2.0 * D * V);
-    const double bytes_per_weight = o.decode_weights == "bf16" ? 2.0 : 4.0;
+    const double bytes_per_weight = bf16 ? 2.0 : 4.0;
     const double weight_bytes =
         bytes_per_weight * (double(c.n_blocks) * 12.0 * D * D + double(V) * D);
     const double cache_bytes = 4.0 * 2.0 * double(c.n_blocks) * L * D * o.batch;
@@ -213,6 +264,8 @@ int run_bench(const BenchOptions& o) {
     out["gflops"] = flops * iters / secs / 1e9;
     out["bytes_per_nfe"] = weight_bytes + cache_bytes;
     out["gb_per_s"] = (weight_bytes + cache_bytes) * iters / secs / 1e9;
+    out["read_gb_per_s"] = probe_sum / (rounds + 1);
+    out["bandwidth_fraction"] = out["gb_per_s"].get<double>() / out["read_gb_per_s"].get<double>();
     out["decode_weights"] = o.decode_weights;
   } else if (o.what == "train") {
     // One training step's forward + backward (loss_and_gradient) at batch x model_length.
