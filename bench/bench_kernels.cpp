@@ -198,8 +198,9 @@ BD3_BENCH_PAIR(BM_dot);
 BD3_BENCH_PAIR(BM_axpy);
 #undef BD3_BENCH_PAIR
 
-// small_m_bf16: linear_small_m with the weights stored as bfloat16 (half the bytes).
-enum class Linear { small_m, tiled, eigen, small_m_bf16 };
+// small_m_bf16: linear_small_m with the weights stored as bfloat16 (half the bytes);
+// packed, packed_bf16: linear_packed on W packed (kernels/gemm.hpp), float or bfloat16.
+enum class Linear { small_m, tiled, eigen, small_m_bf16, packed, packed_bf16 };
 
 template <Linear L>
 void BM_linear(benchmark::State& state) {
@@ -212,6 +213,15 @@ void BM_linear(benchmark::State& state) {
   std::vector<k::bfloat16, bd3::detail::HugePageAllocator<k::bfloat16>> W16;
   if constexpr (L == Linear::small_m_bf16)
     for (float v : w) W16.push_back(k::to_bfloat16(v));
+  std::vector<float, bd3::detail::HugePageAllocator<float>> P;
+  std::vector<k::bfloat16, bd3::detail::HugePageAllocator<k::bfloat16>> P16;
+  if constexpr (L == Linear::packed) {
+    P.resize(std::size_t(k::packed_size(N, K)));
+    k::pack_weights(W.data(), N, K, P.data());
+  } else if constexpr (L == Linear::packed_bf16) {
+    P16.resize(std::size_t(k::packed_size(N, K)));
+    k::pack_weights(W.data(), N, K, P16.data());
+  }
   std::vector<float> y(static_cast<std::size_t>(M * N));
   using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   for (auto _ : state) {
@@ -219,6 +229,10 @@ void BM_linear(benchmark::State& state) {
       k::simd::linear_small_m<float>(x.data(), M, K, W.data(), b.data(), N, y.data());
     } else if constexpr (L == Linear::small_m_bf16) {
       k::simd::linear_small_m(x.data(), M, K, W16.data(), b.data(), N, y.data());
+    } else if constexpr (L == Linear::packed) {
+      k::simd::linear_packed(x.data(), M, K, P.data(), b.data(), N, y.data());
+    } else if constexpr (L == Linear::packed_bf16) {
+      k::simd::linear_packed(x.data(), M, K, P16.data(), b.data(), N, y.data());
     } else if constexpr (L == Linear::tiled) {
       k::simd::linear_tiled<float>(x.data(), M, K, W.data(), b.data(), N, y.data());
     } else {
@@ -232,7 +246,8 @@ void BM_linear(benchmark::State& state) {
   state.counters["GFLOPs"] = benchmark::Counter(double(2 * M * K * N) * double(state.iterations()),
                                                 benchmark::Counter::kIsRate);
   state.counters["W_GBps"] = benchmark::Counter(
-      1e-9 * double((L == Linear::small_m_bf16 ? 2 : 4) * K * N) * double(state.iterations()),
+      1e-9 * double((L == Linear::small_m_bf16 || L == Linear::packed_bf16 ? 2 : 4) * K * N) *
+          double(state.iterations()),
       benchmark::Counter::kIsRate);
 }
 
@@ -247,6 +262,8 @@ BENCHMARK_TEMPLATE(BM_linear, Linear::small_m)->Apply(linear_shapes);
 BENCHMARK_TEMPLATE(BM_linear, Linear::tiled)->Apply(linear_shapes);
 BENCHMARK_TEMPLATE(BM_linear, Linear::eigen)->Apply(linear_shapes);
 BENCHMARK_TEMPLATE(BM_linear, Linear::small_m_bf16)->Apply(linear_shapes);
+BENCHMARK_TEMPLATE(BM_linear, Linear::packed)->Apply(linear_shapes);
+BENCHMARK_TEMPLATE(BM_linear, Linear::packed_bf16)->Apply(linear_shapes);
 
 }  // namespace
 

@@ -86,6 +86,12 @@ TEST_CASE("bd3 bench prints one JSON line", "[cli]") {
   CHECK(j["decode_weights"] == "bf16");
   CHECK(f32["decode_weights"] == "f32");
   CHECK(j["bytes_per_nfe"].get<double>() < f32["bytes_per_nfe"].get<double>());
+  r = run_cli("bench --model " + test::fixture_dir("b4").string() +
+              " --what decode --seconds 0.05 --threads 1 --decode-weights f32-packed");
+  REQUIRE(r.exit_code == 0);
+  j = nlohmann::json::parse(r.out);
+  CHECK(j["decode_weights"] == "f32-packed");
+  CHECK(j["bytes_per_nfe"].get<double>() == f32["bytes_per_nfe"].get<double>());
 }
 
 TEST_CASE("core commands reject bad input and bad usage with one line", "[cli][errors]") {
@@ -106,6 +112,7 @@ TEST_CASE("core commands reject bad input and bad usage with one line", "[cli][e
       {"bench --preset mid --model x", 2},
       {"bench --preset mid --what nothing", 2},
       {"bench --preset mid --what forward --decode-weights bf16", 2},
+      {"bench --preset mid --what train --decode-weights f32-packed", 2},
       {"bench --preset mid --what decode --decode-weights f64", 2},
       {"forward --model " + test::fixture_dir("b4").string() + " --cases /nonexistent.json --out " +
            tmp.string(),

@@ -1,7 +1,9 @@
-// Decoding with bfloat16 weights (DecodeWeights::bf16): every decode call gives the bits
-// float32 decoding gives on the same model with its linear layers' weight matrices rounded
-// to bfloat16, past the window, alone and batched; the copy follows parameters_changed();
-// the training forward is untouched; sampling draws the rounded model's tokens.
+// Packed decode weights (DecodeWeights::f32_packed: the float32 decode equal up to
+// rounding) and bfloat16 ones (DecodeWeights::bf16): every decode call gives the bits
+// packed float32 decoding gives on the same model with its linear layers' weight matrices
+// rounded to bfloat16, past the window, alone and batched; the copies follow
+// parameters_changed(); the training forward is untouched; sampling draws the rounded
+// model's tokens.
 #include <bd3/bd3.hpp>
 
 #include <catch2/catch.hpp>
@@ -53,6 +55,7 @@ Model<> rounded_copy(const Model<>& m) {
     round(o.mlp0_w, F * D), round(o.mlp2_w, D * F);
   }
   round(m.layout().out_w, int64_t(c.vocab_size) * D);
+  r.set_decode_weights(DecodeWeights::f32_packed);
   r.parameters_changed();
   return r;
 }
@@ -87,31 +90,49 @@ std::vector<std::vector<float>> decode_session(const Model<>& m, int batch) {
 
 }  // namespace
 
-TEST_CASE("bf16 decode weights: exactly the float32 decode of the rounded model",
+TEST_CASE("bf16 decode weights: exactly the packed float32 decode of the rounded model",
           "[decode][bf16]") {
   auto model = random_model(3);
   const auto rounded = rounded_copy(model);
-  for (int batch : {1, 3}) {  // 4 rows per call (streaming kernel), 12 and 24 (tiles)
+  for (int batch : {1, 3}) {  // 4 rows per call (one pass per tile), 12 and 24 (row groups)
     INFO("batch " << batch);
     const auto f32 = decode_session(model, batch);
+    model.set_decode_weights(DecodeWeights::f32_packed);
+    const auto packed = decode_session(model, batch);
     model.set_decode_weights(DecodeWeights::bf16);
     REQUIRE(model.decode_weights() == DecodeWeights::bf16);
     const auto bf16 = decode_session(model, batch);
     CHECK(bf16 == decode_session(rounded, batch));
     // The rounding is real: the float32 weights give other logits.
-    CHECK(bf16 != f32);
+    CHECK(bf16 != packed);
+    // Packed float32: the row-by-row decode's logits up to the summation order.
+    REQUIRE(packed.size() == f32.size());
+    for (size_t i = 0; i < f32.size(); ++i) {
+      REQUIRE(packed[i].size() == f32[i].size());
+      for (size_t j = 0; j < f32[i].size(); ++j)
+        CHECK(packed[i][j] == Approx(f32[i][j]).margin(1e-4).epsilon(1e-4));
+    }
     model.set_decode_weights(DecodeWeights::f32);
     CHECK(decode_session(model, batch) == f32);
   }
 }
 
-TEST_CASE("bf16 decode weights follow parameters_changed", "[decode][bf16]") {
+TEST_CASE("packed and bf16 decode weights follow parameters_changed", "[decode][bf16]") {
   auto model = random_model(4);
   model.set_decode_weights(DecodeWeights::bf16);
   auto params = model.parameters();
   for (size_t i = 0; i < params.size(); i += 7) params[i] = -params[i] + 0.01f;
   model.parameters_changed();
   CHECK(decode_session(model, 1) == decode_session(rounded_copy(model), 1));
+  // A packed float32 copy of the changed parameters: the same logits as a fresh model's.
+  model.set_decode_weights(DecodeWeights::f32_packed);
+  for (size_t i = 0; i < params.size(); i += 5) params[i] *= 0.5f;
+  model.parameters_changed();
+  Model<> fresh(model.config());
+  std::ranges::copy(model.parameters(), fresh.parameters().begin());
+  fresh.set_decode_weights(DecodeWeights::f32_packed);
+  fresh.parameters_changed();
+  CHECK(decode_session(model, 1) == decode_session(fresh, 1));
 }
 
 TEST_CASE("bf16 decode weights leave the training forward in float32", "[decode][bf16]") {
@@ -122,6 +143,9 @@ TEST_CASE("bf16 decode weights leave the training forward in float32", "[decode]
   TrainActivations<float> before, after;
   model.forward_train(xt, x0, 1, before);
   model.set_decode_weights(DecodeWeights::bf16);
+  model.forward_train(xt, x0, 1, after);
+  CHECK(before.logits == after.logits);
+  model.set_decode_weights(DecodeWeights::f32_packed);
   model.forward_train(xt, x0, 1, after);
   CHECK(before.logits == after.logits);
 }
@@ -142,10 +166,11 @@ TEST_CASE("sampling with bf16 decode weights draws the rounded model's tokens",
   }
 }
 
-TEST_CASE("bf16 decode weights need a float32 model", "[decode][bf16][errors]") {
+TEST_CASE("packed and bf16 decode weights need a float32 model", "[decode][bf16][errors]") {
   Model<double> model(config());
-  CHECK_THROWS_MATCHES(model.set_decode_weights(DecodeWeights::bf16), Error,
-                       Catch::Matchers::Predicate<Error>(
-                           [](const Error& e) { return e.kind() == ErrorKind::usage; }));
+  for (auto storage : {DecodeWeights::bf16, DecodeWeights::f32_packed})
+    CHECK_THROWS_MATCHES(model.set_decode_weights(storage), Error,
+                         Catch::Matchers::Predicate<Error>(
+                             [](const Error& e) { return e.kind() == ErrorKind::usage; }));
   CHECK(model.decode_weights() == DecodeWeights::f32);
 }

@@ -166,3 +166,49 @@ TEST_CASE("a row's result does not depend on the rows beside it", "[kernels][bat
       }
     }
 }
+
+TEST_CASE("linear_packed: its scalar twin, rows alone, bfloat16 bits", "[kernels][packed]") {
+  // Packed weights (pack_weights: tiles of packed_cols columns, zeros past N): the SIMD
+  // kernel equals the scalar twin on the same tiles; each row gets the same bits whatever
+  // rows share the call (one pass per tile up to 8 rows, groups of 4 beyond); bfloat16
+  // tiles give the bits float tiles of the widened weights give. N covers partial tiles,
+  // K a single k and odd counts.
+  namespace k = bd3::kernels;
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  for (int K : {1, 7, 40, 257})
+    for (int N : {1, 15, 16, 17, 50}) {
+      const int M = 21;
+      std::vector<float> x(M * K), W(N * K), b(N), all(M * N), part(M * N), ref(M * N);
+      for (auto* v : {&x, &W, &b})
+        for (auto& e : *v) e = dist(rng);
+      std::vector<float> P(size_t(k::packed_size(N, K)), -1.0f);
+      k::pack_weights(W.data(), N, K, P.data());
+      for (int j = 0; j < N; ++j)  // the layout
+        for (int kk = 0; kk < K; ++kk)
+          REQUIRE(P[size_t(k::packed_index(j, kk, K))] == W[j * K + kk]);
+      const int padded = int(P.size() / size_t(K));  // columns, N rounded up to tiles
+      for (int j = N; j < padded; ++j)               // zeros past N
+        for (int kk = 0; kk < K; ++kk) REQUIRE(P[size_t(k::packed_index(j, kk, K))] == 0.0f);
+      std::vector<bfloat16> P16(P.size());
+      k::pack_weights(W.data(), N, K, P16.data());
+      std::vector<float> widened(P16.size());
+      for (size_t i = 0; i < P16.size(); ++i) widened[i] = k::to_float(P16[i]);
+      for (bool bias : {false, true}) {
+        INFO("K " << K << " N " << N << " bias " << bias);
+        const float* bp = bias ? b.data() : nullptr;
+        k::simd::linear_packed(x.data(), M, K, P.data(), bp, N, all.data());
+        k::scalar::linear_packed(x.data(), M, K, P.data(), bp, N, ref.data());
+        for (int i = 0; i < M * N; ++i)
+          REQUIRE(std::abs(all[i] - ref[i]) <= 1e-5f * (1.0f + std::sqrt(float(K))));
+        for (int r0 : {0, 3})
+          for (int r = 1; r <= 9; ++r) {  // every row count of one pass, and a group split
+            k::simd::linear_packed(x.data() + r0 * K, r, K, P.data(), bp, N, part.data());
+            for (int i = 0; i < r * N; ++i) REQUIRE(part[i] == all[r0 * N + i]);
+          }
+        k::simd::linear_packed(x.data(), M, K, P16.data(), bp, N, part.data());
+        k::simd::linear_packed(x.data(), M, K, widened.data(), bp, N, all.data());
+        for (int i = 0; i < M * N; ++i) REQUIRE(part[i] == all[i]);
+      }
+    }
+}

@@ -465,6 +465,9 @@ TEST_CASE("streaming callback sees every finished block in order", "[sample][str
 TEST_CASE("same seed, same samples, for any thread count and batch size", "[sample][determinism]") {
   const auto cfg = tiny_config(40, 16, 4, 32, 2, 4);
   auto model = random_model<Model<>>(cfg, 15, 0.4);
+  const auto storage = GENERATE(DecodeWeights::f32, DecodeWeights::f32_packed);
+  INFO("decode weights " << int(storage));
+  model.set_decode_weights(storage);
   for (Method method : {Method::first_hitting, Method::ddpm, Method::threshold}) {
     INFO("method " << method_name(method));
     SamplerOptions o;
@@ -489,8 +492,12 @@ TEST_CASE("a batch changes no logit: decode rows are computed alone", "[sample][
   // forward_block / fused / commit call gives bit-identical logits, past the window, on
   // 2 threads (the batched call takes the tiled kernel and the per-sequence attention
   // loop across threads; the single one the streaming kernel).
+  // Also with the packed and bfloat16 decode weights (their own kernel, same property).
   const auto cfg = tiny_config(40, 16, 4, 32, 2, 4);
   auto model = random_model<Model<>>(cfg, 21, 0.4);
+  const auto storage = GENERATE(DecodeWeights::f32, DecodeWeights::f32_packed, DecodeWeights::bf16);
+  INFO("decode weights " << int(storage));
+  model.set_decode_weights(storage);
   const int Bp = 4, V = cfg.vocab_size, batch = 3;
   const int threads = omp_get_max_threads();
   omp_set_num_threads(2);
@@ -690,6 +697,20 @@ TEST_CASE("bd3 sample and bd3 eval-gen", "[sample][cli]") {
     const auto lib16 = run(bf16_model, o);
     CHECK(nlohmann::json::parse(bf16.out.substr(0, bf16.out.find('\n')))["ids"] == lib16[0].ids);
   }
+  // Packed float32 decode weights: the library's draw with the same storage.
+  auto packed = run_cli("sample --model " + model_dir.string() +
+                        " --length 37 --seed 4 --batch 2 --json --decode-weights f32-packed");
+  REQUIRE(packed.code == 0);
+  {
+    auto packed_model = model;
+    packed_model.set_decode_weights(DecodeWeights::f32_packed);
+    const auto lib_packed = run(packed_model, o);
+    CHECK(nlohmann::json::parse(packed.out.substr(0, packed.out.find('\n')))["ids"] ==
+          lib_packed[0].ids);
+  }
+  CHECK(
+      run_cli("sample --model " + model_dir.string() + " --decode-weights f32-packed --no-kv-cache")
+          .code == 2);
   CHECK(run_cli("sample --model " + model_dir.string() + " --decode-weights f16").code == 2);
   CHECK(run_cli("sample --model " + model_dir.string() + " --decode-weights bf16 --no-kv-cache")
             .code == 2);

@@ -172,18 +172,19 @@ int run_bench(const BenchOptions& o) {
     fail_usage("bench: give exactly one of --model and --preset");
   if (o.batch < 1) fail_usage("--batch must be >= 1");
   if (!(o.seconds >= 0 && o.seconds <= 86400)) fail_usage("--seconds must be in [0, 86400]");
-  const bool bf16 = o.decode_weights == "bf16";
+  const DecodeWeights storage = parse_decode_weights(o.decode_weights);
   {
     const auto c = o.model.empty() ? preset_config(o.preset) : load_config(model_dir(o.model));
-    if (bf16 && o.what != "decode") fail_usage("--decode-weights bf16 applies to --what decode");
-    check_memory(o.what == "decode" ? sampling_bytes(c, o.batch, c.model_length, bf16) +
+    if (storage != DecodeWeights::f32 && o.what != "decode")
+      fail_usage("--decode-weights " + o.decode_weights + " applies to --what decode");
+    check_memory(o.what == "decode" ? sampling_bytes(c, o.batch, c.model_length, storage) +
                                           double(ReadBandwidthProbe::bytes)
                                     : training_bytes(c, o.batch),
                  fmt::format("bench --what {} --batch {}", o.what, o.batch));
   }
   CliModel model = o.model.empty() ? CliModel(preset_config(o.preset)) : load_model(o.model);
   if (!o.preset.empty()) randomize(model, 1234);
-  if (bf16) model.set_decode_weights(DecodeWeights::bf16);
+  model.set_decode_weights(storage);
   const auto& c = model.config();
   const int L = c.model_length, Bp = c.block_size, D = c.hidden_dim, V = c.vocab_size;
   std::mt19937_64 rng(7);
@@ -254,7 +255,7 @@ int run_bench(const BenchOptions& o) {
     const double rows = double(o.batch) * Bp;
     const double flops =
         rows * (c.n_blocks * (linear_flops_per_row(c) + 4.0 * L * D) + 2.0 * D * V);
-    const double bytes_per_weight = bf16 ? 2.0 : 4.0;
+    const double bytes_per_weight = storage == DecodeWeights::bf16 ? 2.0 : 4.0;
     const double weight_bytes =
         bytes_per_weight * (double(c.n_blocks) * 12.0 * D * D + double(V) * D);
     const double cache_bytes = 4.0 * 2.0 * double(c.n_blocks) * L * D * o.batch;
@@ -331,8 +332,9 @@ Registrar bench_cmd([](CLI::App& app) -> Runner {
   sub->add_option("--batch", o->batch, "sequences per call");
   sub->add_option("--seconds", o->seconds, "minimum measuring time");
   sub->add_option("--decode-weights", o->decode_weights,
-                  "decode: weights stored as f32, or bf16 (half the bytes)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
+                  "decode: the parameters (f32), a packed copy (f32-packed) or a packed "
+                  "bfloat16 copy (bf16, half the bytes)")
+      ->check(CLI::IsMember(decode_weight_names));
   return [o] { return run_bench(*o); };
 });
 

@@ -72,25 +72,26 @@ int run_sample(const SampleArgs& a) {
     fail_usage("--temperature must be finite and >= 0 (0 = greedy)");
   if (a.batch < 1) fail_usage("--batch must be >= 1");
   check_count("--max-retries", a.max_retries, 0);
-  const bool bf16 = a.decode_weights == "bf16";
-  if (bf16 && a.no_kv)
-    fail_usage("--decode-weights bf16 applies to KV-cached decoding: not with --no-kv-cache");
+  const DecodeWeights storage = parse_decode_weights(a.decode_weights);
+  if (storage != DecodeWeights::f32 && a.no_kv)
+    fail_usage("--decode-weights " + a.decode_weights +
+               " applies to KV-cached decoding: not with --no-kv-cache");
   set_threads(a.threads);
   const RuntimeNoise noise(a.noise);
 
   const fs::path dir = model_dir(a.model);  // a model directory or a training output directory
   const auto config = load_config(dir);
   // Before the weights are read: a length or batch that cannot fit is a usage error.
-  check_memory(
-      sampling_bytes(config, a.batch, a.length_opt->count() ? a.length : config.model_length, bf16),
-      fmt::format("sampling --batch {} x --length {}", a.batch,
-                  a.length_opt->count() ? a.length : config.model_length));
+  check_memory(sampling_bytes(config, a.batch,
+                              a.length_opt->count() ? a.length : config.model_length, storage),
+               fmt::format("sampling --batch {} x --length {}", a.batch,
+                           a.length_opt->count() ? a.length : config.model_length));
   auto ck = load_checkpoint(dir);
   CliModel model(ck.config, noise);
   std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());
   model.parameters_changed();
   ck.parameters = {};
-  if (bf16) model.set_decode_weights(DecodeWeights::bf16);
+  model.set_decode_weights(storage);
   const auto& cfg = model.config();
   const auto tokenizer = find_tokenizer(dir);
   if (tokenizer && tokenizer->model_vocab_size() != cfg.vocab_size)
@@ -214,9 +215,10 @@ const Registrar sample_command([](CLI::App& app) -> Runner {
   sub->add_flag("--json", a->json,
                 "One JSON line per sequence: ids, text, tokens, nfe, commit_calls, seconds, ...");
   sub->add_option("--decode-weights", a->decode_weights,
-                  "Weights the KV-cached decode calls read: f32, or bf16 (half the bytes, "
-                  "rounded to bfloat16)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
+                  "Weights the KV-cached decode calls read: f32 (the parameters), "
+                  "f32-packed (a copy in tiles, faster from memory) or bf16 (a packed copy "
+                  "rounded to bfloat16, half the bytes)")
+      ->check(CLI::IsMember(decode_weight_names));
   sub->add_option("--threads", a->threads, "Threads (0 = all cores)");
   return [a] { return run_sample(*a); };
 });

@@ -78,15 +78,29 @@ inline double training_bytes(const ModelConfig& c, int64_t batch) {
          (9 * P + rows * (18 * D * c.n_blocks + 10 * D) + 2 * double(batch) * L * c.vocab_size);
 }
 
+// --decode-weights: the names of DecodeWeights.
+inline constexpr std::initializer_list<const char*> decode_weight_names = {"f32", "f32-packed",
+                                                                           "bf16"};
+inline DecodeWeights parse_decode_weights(const std::string& name) {
+  if (name == "f32") return DecodeWeights::f32;
+  if (name == "f32-packed") return DecodeWeights::f32_packed;
+  if (name == "bf16") return DecodeWeights::bf16;
+  fail_usage("--decode-weights must be f32, f32-packed or bf16, not " + name);
+}
+// Bytes per parameter of the packed decode copy (an upper bound: it holds the matrices).
+inline double decode_copy_bytes(DecodeWeights storage) {
+  return storage == DecodeWeights::f32_packed ? 4 : storage == DecodeWeights::bf16 ? 2 : 0;
+}
+
 // Sampling: the weights, and per sequence its tokens, the KV cache, the current block's
 // logits and distributions, the forward's rows.
 inline double sampling_bytes(const ModelConfig& c, int64_t batch, int64_t length,
-                             bool bf16_weights = false) {
+                             DecodeWeights storage = DecodeWeights::f32) {
   const double P = double(ParameterLayout(c).total()), D = c.hidden_dim, Bp = c.block_size;
   const double per_sequence = 4.0 * double(length) + 16 * Bp * c.vocab_size +
                               8.0 * c.n_blocks * (double(c.model_length) + 2 * Bp) * D +
                               4.0 * 2 * Bp * 24 * D;
-  return (bf16_weights ? 10 : 8) * P + double(batch) * per_sequence;
+  return (8 + decode_copy_bytes(storage)) * P + double(batch) * per_sequence;
 }
 
 // Random-weight models of the official small size and of a mid size, for benchmarks.

@@ -94,12 +94,17 @@ struct TrainActivations {
 };
 
 // How KV-cached decode calls store the weight matrices of the linear layers they stream
-// (qkv, attention output, MLP in and out, output layer): float32 (the default), or
-// bfloat16 copies, half the bytes, each weight rounded to the nearest bfloat16 (the
-// arithmetic stays float32; embeddings, biases and norms stay float32). Decoding with bf16
-// gives exactly what float32 decoding gives on the model with those matrices rounded to
-// bfloat16 (tests/test_decode_bf16.cpp).
-enum class DecodeWeights { f32, bf16 };
+// (qkv, attention output, MLP in and out, output layer):
+//  - f32: the parameters themselves, row by row (the default; no copy);
+//  - f32_packed: a float32 copy in the packed tiles of kernels/gemm.hpp (4 more bytes per
+//    weight; streams nearer the memory bandwidth: bd3 bench, docs/benchmarks.md);
+//  - bf16: a packed bfloat16 copy, half the bytes of f32, each weight rounded to the
+//    nearest bfloat16 (2 more bytes per weight).
+// The arithmetic stays float32; embeddings, biases and norms stay float32. f32 and
+// f32_packed sum in different orders (equal up to rounding); bf16 gives exactly what
+// f32_packed gives on the model with those matrices rounded to bfloat16
+// (tests/test_decode_bf16.cpp).
+enum class DecodeWeights { f32, f32_packed, bf16 };
 
 // The adaLN modulation vectors, constant per model when time conditioning is off.
 template <class T>
@@ -149,25 +154,22 @@ class BlockDiffusionModel {
   const Scalar* param(int64_t offset) const { return params_.data() + offset; }
 
   // Recomputes what depends only on the weights (conditioning vector, modulations, the
-  // bfloat16 decode weights). Call after changing parameters().
+  // packed decode weights). Call after changing parameters().
   void parameters_changed() {
     compute_conditioning();
-    if (decode_weights_ == DecodeWeights::bf16) round_decode_weights();
+    pack_decode_weights();
   }
 
   // The weight storage of decode calls (forward_block, forward_block_fused, commit_block).
-  // bf16 keeps a bfloat16 copy of the parameters beside the float32 ones (2 bytes per
-  // parameter) and makes the linear layers of decode calls read it; the training and full
-  // forwards keep reading float32.
+  // f32_packed and bf16 keep a packed copy of the linear layers' matrices beside the
+  // parameters and make decode calls read it; the training and full forwards keep reading
+  // the parameters.
   void set_decode_weights(DecodeWeights storage) {
     if constexpr (!std::is_same_v<Scalar, float>)
-      if (storage == DecodeWeights::bf16)
-        fail_usage("bfloat16 decode weights need a float32 model");
+      if (storage != DecodeWeights::f32)
+        fail_usage("packed and bfloat16 decode weights need a float32 model");
     decode_weights_ = storage;
-    if (storage == DecodeWeights::bf16)
-      round_decode_weights();
-    else
-      params_bf16_ = {};
+    pack_decode_weights();
   }
   DecodeWeights decode_weights() const { return decode_weights_; }
 
@@ -521,24 +523,62 @@ class BlockDiffusionModel {
       linear(hf.data(), rows, D, param(layout_.out_w), param(layout_.out_b), V, logits.data());
   }
 
-  // A linear layer of a decode call: W at `w_offset` in the flat parameters, read from the
-  // bfloat16 copy when the model decodes with bf16 weights.
+  // A linear layer of a decode call: W at `w_offset` in the flat parameters, or its packed
+  // copy when the model decodes with packed or bf16 weights.
   void decode_linear(const Scalar* x, int64_t N, int64_t in, int64_t w_offset, const Scalar* b,
                      int64_t out, Scalar* y) const {
     if constexpr (std::is_same_v<Scalar, float>) {
-      if (decode_weights_ == DecodeWeights::bf16) {
-        kernels::simd::linear_few_rows(x, N, in, params_bf16_.data() + w_offset, b, out, y);
+      if (decode_weights_ != DecodeWeights::f32) {
+        const auto it = std::lower_bound(packed_offsets_.begin(), packed_offsets_.end(),
+                                         std::pair<int64_t, int64_t>{w_offset, 0});
+        if (it == packed_offsets_.end() || it->first != w_offset)
+          fail("decode: no packed copy of the weights at offset " + std::to_string(w_offset));
+        if (decode_weights_ == DecodeWeights::bf16)
+          kernels::simd::linear_packed(x, N, in, packed_bf16_.data() + it->second, b, out, y);
+        else
+          kernels::simd::linear_packed(x, N, in, packed_f32_.data() + it->second, b, out, y);
         return;
       }
     }
     linear(x, N, in, param(w_offset), b, out, y, true);
   }
 
-  void round_decode_weights() {
-    params_bf16_.resize(params_.size());
-#pragma omp parallel for schedule(static) if (params_.size() > (size_t(1) << 20))
-    for (int64_t i = 0; i < int64_t(params_.size()); ++i)
-      params_bf16_[size_t(i)] = kernels::to_bfloat16(float(params_[size_t(i)]));
+  // The packed copies of the matrices decode calls stream (empty with DecodeWeights::f32).
+  void pack_decode_weights() {
+    packed_offsets_.clear();
+    packed_f32_ = {};
+    packed_bf16_ = {};
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (decode_weights_ == DecodeWeights::f32) return;
+      const int64_t D = config_.hidden_dim, F = 4 * D, V = config_.vocab_size;
+      struct Matrix {
+        int64_t offset, rows, cols;
+      };
+      std::vector<Matrix> matrices;
+      for (const auto& o : layout_.layers)
+        for (Matrix m : {Matrix{o.attn_qkv, 3 * D, D}, Matrix{o.attn_out, D, D},
+                         Matrix{o.mlp0_w, F, D}, Matrix{o.mlp2_w, D, F}})
+          matrices.push_back(m);
+      matrices.push_back({layout_.out_w, V, D});
+      int64_t total = 0;
+      for (const auto& m : matrices) {
+        packed_offsets_.emplace_back(m.offset, total);
+        total += kernels::packed_size(m.rows, m.cols);
+      }
+      std::sort(packed_offsets_.begin(), packed_offsets_.end());
+      auto pack = [&](auto& storage) {
+        storage.resize(size_t(total));
+        for (const auto& m : matrices) {
+          const auto it = std::lower_bound(packed_offsets_.begin(), packed_offsets_.end(),
+                                           std::pair<int64_t, int64_t>{m.offset, 0});
+          kernels::pack_weights(param(m.offset), m.rows, m.cols, storage.data() + it->second);
+        }
+      };
+      if (decode_weights_ == DecodeWeights::bf16)
+        pack(packed_bf16_);
+      else
+        pack(packed_f32_);
+    }
   }
 
   // The layers of a decode call. Rows per sequence: the optional clean block to commit
@@ -642,8 +682,11 @@ class BlockDiffusionModel {
   // Decode streams all of it every call: huge pages where the system grants them.
   std::vector<Scalar, detail::HugePageAllocator<Scalar>> params_;
   DecodeWeights decode_weights_ = DecodeWeights::f32;
-  // With DecodeWeights::bf16: params_ rounded to bfloat16, same layout (else empty).
-  std::vector<kernels::bfloat16, detail::HugePageAllocator<kernels::bfloat16>> params_bf16_;
+  // With DecodeWeights::f32_packed or bf16: the decode matrices packed (kernels/gemm.hpp),
+  // and (offset in params_, offset in the packed copy) for each, sorted; else empty.
+  std::vector<std::pair<int64_t, int64_t>> packed_offsets_;
+  std::vector<float, detail::HugePageAllocator<float>> packed_f32_;
+  std::vector<kernels::bfloat16, detail::HugePageAllocator<kernels::bfloat16>> packed_bf16_;
   std::vector<Scalar> cond_, sigma_hidden_, sigma_out_;
   std::vector<Modulation<Scalar>> mods_;
   std::vector<Scalar> final_shift_, final_scale_, final_a_;
