@@ -687,33 +687,23 @@ TEST_CASE("bd3 sample and bd3 eval-gen", "[sample][cli]") {
   auto pj = nlohmann::json::parse(prompted.out);
   CHECK(pj["text"].get<std::string>().rfind("<|bos|>hello", 0) == 0);
 
-  // bfloat16 decode weights: the library's draw with the same storage.
-  auto bf16 = run_cli("sample --model " + model_dir.string() +
-                      " --length 37 --seed 4 --batch 2 --json --decode-weights bf16");
-  REQUIRE(bf16.code == 0);
-  {
-    auto bf16_model = model;
-    bf16_model.set_decode_weights(DecodeWeights::bf16);
-    const auto lib16 = run(bf16_model, o);
-    CHECK(nlohmann::json::parse(bf16.out.substr(0, bf16.out.find('\n')))["ids"] == lib16[0].ids);
+  // Packed and bfloat16 decode weights: the library's draw with the same storage; refused
+  // without the KV cache.
+  for (auto [name, storage] : {std::pair{"f32-packed", DecodeWeights::f32_packed},
+                               std::pair{"bf16", DecodeWeights::bf16}}) {
+    INFO(name);
+    auto cli = run_cli("sample --model " + model_dir.string() +
+                       " --length 37 --seed 4 --batch 2 --json --decode-weights " + name);
+    REQUIRE(cli.code == 0);
+    auto stored = model;
+    stored.set_decode_weights(storage);
+    const auto lib_stored = run(stored, o);
+    CHECK(nlohmann::json::parse(cli.out.substr(0, cli.out.find('\n')))["ids"] == lib_stored[0].ids);
+    CHECK(run_cli("sample --model " + model_dir.string() + " --decode-weights " + name +
+                  " --no-kv-cache")
+              .code == 2);
   }
-  // Packed float32 decode weights: the library's draw with the same storage.
-  auto packed = run_cli("sample --model " + model_dir.string() +
-                        " --length 37 --seed 4 --batch 2 --json --decode-weights f32-packed");
-  REQUIRE(packed.code == 0);
-  {
-    auto packed_model = model;
-    packed_model.set_decode_weights(DecodeWeights::f32_packed);
-    const auto lib_packed = run(packed_model, o);
-    CHECK(nlohmann::json::parse(packed.out.substr(0, packed.out.find('\n')))["ids"] ==
-          lib_packed[0].ids);
-  }
-  CHECK(
-      run_cli("sample --model " + model_dir.string() + " --decode-weights f32-packed --no-kv-cache")
-          .code == 2);
   CHECK(run_cli("sample --model " + model_dir.string() + " --decode-weights f16").code == 2);
-  CHECK(run_cli("sample --model " + model_dir.string() + " --decode-weights bf16 --no-kv-cache")
-            .code == 2);
 
   // Bad values and missing files.
   CHECK(run_cli("sample --model " + model_dir.string() + " --length 0").code == 2);

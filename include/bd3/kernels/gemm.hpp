@@ -134,6 +134,30 @@ inline batch load_weights(const bfloat16* w) {
   return batch::load_aligned(wide);
 }
 
+// Calls f.template operator()<R>() with R = rows (1 to small_m_max_rows) as a constant.
+template <class F>
+void with_row_count(int64_t rows, F&& f) {
+  static_assert(small_m_max_rows == 8, "with_row_count: one case per row count");
+  switch (rows) {
+    case 1:
+      return f.template operator()<1>();
+    case 2:
+      return f.template operator()<2>();
+    case 3:
+      return f.template operator()<3>();
+    case 4:
+      return f.template operator()<4>();
+    case 5:
+      return f.template operator()<5>();
+    case 6:
+      return f.template operator()<6>();
+    case 7:
+      return f.template operator()<7>();
+    default:
+      return f.template operator()<8>();
+  }
+}
+
 // Rows of x handled together, as a compile-time count so the accumulators stay in registers.
 template <int R, class Wt>
 void dot_rows(const float* x, int64_t K, const Wt* w, float* out) {
@@ -241,32 +265,7 @@ void linear_small_m(const float* x, int64_t M, int64_t K, const Wt* W, const flo
     const int64_t rows = std::min<int64_t>(small_m_max_rows, M - r0);
     const float* xr = x + r0 * K;
     float* yr = y + r0 * N;
-    switch (rows) {
-      case 1:
-        detail::linear_rows<1, Wt>(xr, K, W, b, N, yr, N);
-        break;
-      case 2:
-        detail::linear_rows<2, Wt>(xr, K, W, b, N, yr, N);
-        break;
-      case 3:
-        detail::linear_rows<3, Wt>(xr, K, W, b, N, yr, N);
-        break;
-      case 4:
-        detail::linear_rows<4, Wt>(xr, K, W, b, N, yr, N);
-        break;
-      case 5:
-        detail::linear_rows<5, Wt>(xr, K, W, b, N, yr, N);
-        break;
-      case 6:
-        detail::linear_rows<6, Wt>(xr, K, W, b, N, yr, N);
-        break;
-      case 7:
-        detail::linear_rows<7, Wt>(xr, K, W, b, N, yr, N);
-        break;
-      default:
-        detail::linear_rows<8, Wt>(xr, K, W, b, N, yr, N);
-        break;
-    }
+    detail::with_row_count(rows, [&]<int R> { detail::linear_rows<R, Wt>(xr, K, W, b, N, yr, N); });
   }
 }
 // Any M. Threads split W's rows. Each thread walks x in panels of 64 rows and, inside a
@@ -365,32 +364,7 @@ void linear_packed(const float* x, int64_t M, int64_t K, const Wt* P, const floa
     for (int64_t r0 = 0; r0 < M; r0 += group) {
       const int64_t rows = std::min(group, M - r0);
       const float* xr = x + r0 * K;
-      switch (rows) {
-        case 1:
-          detail::packed_tile<1, Wt>(xr, K, tile, out);
-          break;
-        case 2:
-          detail::packed_tile<2, Wt>(xr, K, tile, out);
-          break;
-        case 3:
-          detail::packed_tile<3, Wt>(xr, K, tile, out);
-          break;
-        case 4:
-          detail::packed_tile<4, Wt>(xr, K, tile, out);
-          break;
-        case 5:
-          detail::packed_tile<5, Wt>(xr, K, tile, out);
-          break;
-        case 6:
-          detail::packed_tile<6, Wt>(xr, K, tile, out);
-          break;
-        case 7:
-          detail::packed_tile<7, Wt>(xr, K, tile, out);
-          break;
-        default:
-          detail::packed_tile<8, Wt>(xr, K, tile, out);
-          break;
-      }
+      detail::with_row_count(rows, [&]<int R> { detail::packed_tile<R, Wt>(xr, K, tile, out); });
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t c = 0; c < cols; ++c)
           y[(r0 + r) * N + j0 + c] = out[r * packed_cols + c] + (b ? b[j0 + c] : 0.0f);
