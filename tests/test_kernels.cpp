@@ -42,8 +42,12 @@ constexpr double inf = std::numeric_limits<double>::infinity();
 constexpr float finf = std::numeric_limits<float>::infinity();
 const std::vector<std::ptrdiff_t> kSizes = {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 64, 100, 257, 1000};
 
-double depth_simd(std::ptrdiff_t n) { return double(n) / 8 + 16; }
-double depth_twin(std::ptrdiff_t n) { return double(n) + 16; }
+double depth_simd(std::ptrdiff_t n) {
+  return double(n) / 8 + 16;
+}
+double depth_twin(std::ptrdiff_t n) {
+  return double(n) + 16;
+}
 
 // A float buffer whose data pointer is deliberately misaligned by one float (4 bytes), so
 // the kernels' unaligned loads/stores are exercised.
@@ -63,7 +67,9 @@ Buf random_buf(std::mt19937& rng, std::ptrdiff_t n, float lo, float hi) {
   for (std::ptrdiff_t i = 0; i < n; ++i) b[i] = d(rng);
   return b;
 }
-std::vector<double> widen(const Buf& b) { return {b.data(), b.data() + b.size()}; }
+std::vector<double> widen(const Buf& b) {
+  return {b.data(), b.data() + b.size()};
+}
 
 // Tracks the largest err / tol over a case; one CHECK per case, with the worst element.
 struct Worst {
@@ -71,9 +77,12 @@ struct Worst {
   std::string where;
   void add(double got, double ref, double tol, const std::string& what, std::ptrdiff_t i) {
     double r;
-    if ((std::isnan(got) && std::isnan(ref)) || got == ref) r = 0;  // incl. equal infinities
-    else if (std::isnan(got) || std::isnan(ref) || std::isinf(got) || std::isinf(ref)) r = inf;
-    else r = tol > 0 ? std::abs(got - ref) / tol : inf;
+    if ((std::isnan(got) && std::isnan(ref)) || got == ref)
+      r = 0;  // incl. equal infinities
+    else if (std::isnan(got) || std::isnan(ref) || std::isinf(got) || std::isinf(ref))
+      r = inf;
+    else
+      r = tol > 0 ? std::abs(got - ref) / tol : inf;
     if (r > ratio || (r == inf && where.empty())) {
       ratio = r;
       std::ostringstream os;
@@ -83,14 +92,16 @@ struct Worst {
     }
   }
 };
-#define CHECK_WORST(w)      \
-  do {                      \
-    INFO((w).where);        \
+#define CHECK_WORST(w)       \
+  do {                       \
+    INFO((w).where);         \
     CHECK((w).ratio <= 1.0); \
   } while (0)
 
 // Exact agreement, NaN-aware, -0 == +0.
-bool same(double a, double b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
+bool same(double a, double b) {
+  return (std::isnan(a) && std::isnan(b)) || a == b;
+}
 
 // exp(x - m) underflows in float (xsimd flushes below about -87.3, std::exp goes through
 // the subnormals to about -103.3); beyond that the rounding of x - m no longer matters and
@@ -182,7 +193,9 @@ TEST_CASE("simd elementwise kernels on zeros are exact", "[kernels][simd]") {
 // gelu_tanh
 
 namespace {
-double gelu_v(double x) { return 0.7978845608028654 * (x + 0.044715 * x * x * x); }
+double gelu_v(double x) {
+  return 0.7978845608028654 * (x + 0.044715 * x * x * x);
+}
 
 void check_gelu(const Buf& x, const std::string& label) {
   const std::ptrdiff_t n = x.size();
@@ -217,15 +230,16 @@ TEST_CASE("simd gelu_tanh matches the scalar twins", "[kernels][simd][gelu]") {
   // A dense sweep through the whole transition region, including the tails where
   // exp(-2v) over/underflows in float.
   Buf sweep(48001);
-  for (std::ptrdiff_t i = 0; i < sweep.size(); ++i) sweep[i] = float(-12.0 + 24.0 * double(i) / 48000);
+  for (std::ptrdiff_t i = 0; i < sweep.size(); ++i)
+    sweep[i] = float(-12.0 + 24.0 * double(i) / 48000);
   check_gelu(sweep, "gelu sweep [-12,12]");
 }
 
 TEST_CASE("simd gelu_tanh edge values: zeros, tiny, huge, infinities", "[kernels][simd][gelu]") {
   const float big = std::numeric_limits<float>::max();
-  const std::vector<float> edge = {0.f,    -0.f,   1e-30f, -1e-30f, 1e-6f,  -1e-6f, 10.f,  -10.f,
-                                   88.f,   -88.f,  1e4f,   -1e4f,   1e19f,  -1e19f, 1e20f, -1e20f,
-                                   1e30f,  -1e30f, big,    -big,    finf,   5.5f,   -5.5f};
+  const std::vector<float> edge = {0.f,   -0.f,   1e-30f, -1e-30f, 1e-6f, -1e-6f, 10.f,  -10.f,
+                                   88.f,  -88.f,  1e4f,   -1e4f,   1e19f, -1e19f, 1e20f, -1e20f,
+                                   1e30f, -1e30f, big,    -big,    finf,  5.5f,   -5.5f};
   // Run each value in the vector body and in the scalar tail (n = 8 k + 7).
   for (std::ptrdiff_t n : {std::ptrdiff_t(edge.size()), std::ptrdiff_t(8 * 3 + 7)}) {
     Buf x(n);
@@ -235,8 +249,8 @@ TEST_CASE("simd gelu_tanh edge values: zeros, tiny, huge, infinities", "[kernels
     k::simd::gelu_tanh(x.data(), y.data(), n);
     for (std::ptrdiff_t i = 0; i < n; ++i) {
       CAPTURE(x[i], y[i]);
-      if (x[i] >= 1e4f) CHECK(y[i] == x[i]);            // gelu(x) = x for large x (incl. +inf)
-      if (x[i] <= -1e4f) CHECK(y[i] == 0.f);            // and 0 (as -0) for large -x
+      if (x[i] >= 1e4f) CHECK(y[i] == x[i]);  // gelu(x) = x for large x (incl. +inf)
+      if (x[i] <= -1e4f) CHECK(y[i] == 0.f);  // and 0 (as -0) for large -x
       if (x[i] == 0.f) CHECK(y[i] == 0.f);
       if (std::abs(x[i]) == 1e-30f) CHECK(y[i] == x[i] * 0.5f);
     }
@@ -264,6 +278,42 @@ TEST_CASE("gelu_tanh_grad matches a central finite difference (double)", "[kerne
 
 // ---------------------------------------------------------------------------------------
 // Reductions: dot, logsumexp, softmax, layer_norm
+
+namespace {
+
+// lane_sums on rows of small integers (exact sums, whatever the order of the additions).
+template <class T>
+void check_lane_sums() {
+  using batch = xsimd::batch<T>;
+  constexpr int L = int(batch::size);
+  std::mt19937 rng(77);
+  std::uniform_int_distribution<int> d(-1000, 1000);
+  for (int trial = 0; trial < 20; ++trial) {
+    batch rows[L];
+    std::vector<T> expected(L, T(0));
+    for (int c = 0; c < L; ++c) {
+      alignas(64) T lanes[L];
+      for (int i = 0; i < L; ++i)
+        expected[size_t(c)] += lanes[i] = T(trial == 0 ? 100 * c + i : d(rng));
+      rows[c] = batch::load_aligned(lanes);
+    }
+    alignas(64) T got[L];
+    k::simd::lane_sums(rows).store_aligned(got);
+    for (int c = 0; c < L; ++c) {
+      CAPTURE(trial, c, L);
+      CHECK(got[c] == expected[size_t(c)]);
+    }
+  }
+}
+
+}  // namespace
+
+// xsimd 8.1's AVX-512 haddp for float puts rows 2-3 and 4-5 (10-11, 12-13) in each other's
+// lanes: lane_sums must give every row its own lane on every architecture.
+TEST_CASE("simd lane_sums puts the sum of row c in lane c", "[kernels][simd]") {
+  check_lane_sums<float>();
+  check_lane_sums<double>();
+}
 
 TEST_CASE("simd dot matches the scalar twins", "[kernels][simd][dot]") {
   for (auto n : kSizes) {
@@ -308,7 +358,8 @@ void check_lse_softmax(const Buf& x, const std::string& label) {
     float s = k::simd::logsumexp(x.data(), n);
     float f = k::scalar::logsumexp(x.data(), n);
     double d = k::scalar::logsumexp(xd.data(), n);
-    w.add(s, d, u * (depth_simd(n) + 16 + spread) + 4 * u * std::abs(d), label + " logsumexp vs double", 0);
+    w.add(s, d, u * (depth_simd(n) + 16 + spread) + 4 * u * std::abs(d),
+          label + " logsumexp vs double", 0);
     w.add(s, f, u * (depth_simd(n) + depth_twin(n) + 32 + 2 * spread) + 8 * u * std::abs(d),
           label + " logsumexp vs float", 0);
   }
@@ -321,8 +372,10 @@ void check_lse_softmax(const Buf& x, const std::string& label) {
   double total = 0;
   for (std::ptrdiff_t i = 0; i < n; ++i) {
     double dx = xd[i] == -inf ? 0 : std::min(m - xd[i], kExpSpreadCap);
-    w.add(ps[i], pd[i], u * (depth_simd(n) + 24 + dx + spread) * pd[i] + kFltMin, label + " softmax vs double", i);
-    w.add(ps[i], pf[i], u * (depth_simd(n) + depth_twin(n) + 48 + 2 * (dx + spread)) * pd[i] + kFltMin,
+    w.add(ps[i], pd[i], u * (depth_simd(n) + 24 + dx + spread) * pd[i] + kFltMin,
+          label + " softmax vs double", i);
+    w.add(ps[i], pf[i],
+          u * (depth_simd(n) + depth_twin(n) + 48 + 2 * (dx + spread)) * pd[i] + kFltMin,
           label + " softmax vs float", i);
     if (xd[i] == -inf) neg_inf_zero = neg_inf_zero && ps[i] == 0.f;
     total += ps[i];
@@ -374,7 +427,8 @@ TEST_CASE("simd softmax and logsumexp edge values", "[kernels][simd][softmax]") 
     k::simd::softmax(big.data(), n);
     Worst w;
     for (std::ptrdiff_t i = 0; i < n; ++i)
-      w.add(big[i], i % 5 == 0 ? 1.0 / double(top) : 0.0, 4 * u * depth_simd(n) / double(top), "huge softmax", i);
+      w.add(big[i], i % 5 == 0 ? 1.0 / double(top) : 0.0, 4 * u * depth_simd(n) / double(top),
+            "huge softmax", i);
     CHECK_WORST(w);
   }
 }
@@ -436,7 +490,8 @@ TEST_CASE("simd layer_norm matches the scalar twins", "[kernels][simd][layer_nor
     }
     // mean_out may be null.
     Buf x(n, 1.f), y(n);
-    CHECK(k::simd::layer_norm(x.data(), y.data(), n, 1e-5f, nullptr) == Approx(1 / std::sqrt(1e-5)).epsilon(1e-6));
+    CHECK(k::simd::layer_norm(x.data(), y.data(), n, 1e-5f, nullptr) ==
+          Approx(1 / std::sqrt(1e-5)).epsilon(1e-6));
   }
 }
 
@@ -486,8 +541,9 @@ TEST_CASE("simd rotary and rotary_transpose match the scalar twins", "[kernels][
           const std::string what = transpose ? "rotary_transpose" : "rotary";
           for (std::ptrdiff_t j = 0; j < h; ++j) {
             double a = x0[j], b = x0[j + h];
-            double tol = 4 * u * (std::abs(a * an.cd[j]) + std::abs(b * an.sd[j]) +
-                                  std::abs(b * an.cd[j]) + std::abs(a * an.sd[j]));
+            double tol = 4 * u *
+                         (std::abs(a * an.cd[j]) + std::abs(b * an.sd[j]) + std::abs(b * an.cd[j]) +
+                          std::abs(a * an.sd[j]));
             w.add(xs[j], xd[j], tol, what + " vs double", j);
             w.add(xs[j + h], xd[j + h], tol, what + " vs double", j + h);
             w.add(xs[j], xf[j], tol, what + " vs float", j);
@@ -538,7 +594,8 @@ TEST_CASE("rotary_transpose inverts rotary", "[kernels][rotary]") {
 TEST_CASE("kernels:: dispatches float to simd and double to scalar", "[kernels][dispatch]") {
   const std::ptrdiff_t n = 257;
   std::mt19937 rng(9000);
-  const Buf x = random_buf(rng, n, -3, 3), a = random_buf(rng, n, -1, 1), b = random_buf(rng, n, -1, 1);
+  const Buf x = random_buf(rng, n, -3, 3), a = random_buf(rng, n, -1, 1),
+            b = random_buf(rng, n, -1, 1);
   const std::vector<double> xd = widen(x), ad = widen(a), bd = widen(b);
 
   // float

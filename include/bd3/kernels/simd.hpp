@@ -1,8 +1,8 @@
 #pragma once
 // xsimd kernels for float, on xsimd's default architecture at compile time (fma3+avx2,
-// 8 lanes, on the development machine). Each kernel has a scalar twin with the same
-// signature in kernels/scalar.hpp; tests/test_kernels.cpp holds them to each other and
-// to the double twin.
+// 8 lanes, or avx512bw, 16 lanes, on the development machines). Each kernel has a scalar twin with
+// the same signature in kernels/scalar.hpp; tests/test_kernels.cpp holds them to each other and to
+// the double twin.
 //
 // Conventions: all loads and stores are unaligned (callers' pointers carry no alignment
 // guarantee); the last n % lanes elements run through a scalar tail that evaluates the
@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <type_traits>
 
 namespace bd3::kernels::simd {
 
@@ -23,10 +24,16 @@ using batch = xsimd::batch<float>;
 inline constexpr std::ptrdiff_t lanes = static_cast<std::ptrdiff_t>(batch::size);
 
 // n rounded down to a multiple of m (the end of a vector loop; the rest is the tail).
-inline constexpr std::ptrdiff_t floor_to(std::ptrdiff_t n, std::ptrdiff_t m) { return n - n % m; }
+inline constexpr std::ptrdiff_t floor_to(std::ptrdiff_t n, std::ptrdiff_t m) {
+  return n - n % m;
+}
 
-inline batch load(const float* p) { return batch::load_unaligned(p); }
-inline void store(float* p, const batch& v) { v.store_unaligned(p); }
+inline batch load(const float* p) {
+  return batch::load_unaligned(p);
+}
+inline void store(float* p, const batch& v) {
+  v.store_unaligned(p);
+}
 
 // Largest element of a batch (xsimd 8.1 has no reduce_max).
 inline float hmax(const batch& v) {
@@ -43,11 +50,13 @@ inline float max_of(const float* x, std::ptrdiff_t n) {
   if (n >= lanes) {
     batch m0 = load(x), m1 = m0;
     i = lanes;
-    for (const std::ptrdiff_t stop = lanes + floor_to(n - lanes, 2 * lanes); i < stop; i += 2 * lanes) {
+    for (const std::ptrdiff_t stop = lanes + floor_to(n - lanes, 2 * lanes); i < stop;
+         i += 2 * lanes) {
       m0 = xsimd::max(m0, load(x + i));
       m1 = xsimd::max(m1, load(x + i + lanes));
     }
-    for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) m0 = xsimd::max(m0, load(x + i));
+    for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
+      m0 = xsimd::max(m0, load(x + i));
     m = hmax(xsimd::max(m0, m1));
   }
   for (; i < n; ++i) m = x[i] > m ? x[i] : m;
@@ -118,7 +127,8 @@ inline float layer_norm(const float* x, float* y, std::ptrdiff_t n, float eps, f
   const float rstd = 1.f / std::sqrt(var + eps);
   const batch mv(mean), rv(rstd);
   std::ptrdiff_t i = 0;
-  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(y + i, (load(x + i) - mv) * rv);
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
+    store(y + i, (load(x + i) - mv) * rv);
   for (; i < n; ++i) y[i] = (x[i] - mean) * rstd;
   if (mean_out) *mean_out = mean;
   return rstd;
@@ -128,14 +138,16 @@ inline float layer_norm(const float* x, float* y, std::ptrdiff_t n, float eps, f
 inline void scale_shift(float* y, const float* a, const float* b, std::ptrdiff_t n) {
   using namespace detail;
   std::ptrdiff_t i = 0;
-  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(y + i, xsimd::fma(load(y + i), load(a + i), load(b + i)));
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
+    store(y + i, xsimd::fma(load(y + i), load(a + i), load(b + i)));
   for (; i < n; ++i) y[i] = std::fma(y[i], a[i], b[i]);
 }
 
 inline void gelu_tanh(const float* x, float* y, std::ptrdiff_t n) {
   using namespace detail;
   std::ptrdiff_t i = 0;
-  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(y + i, detail::gelu_tanh(load(x + i)));
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
+    store(y + i, detail::gelu_tanh(load(x + i)));
   for (; i < n; ++i) y[i] = detail::gelu_tanh(x[i]);
 }
 
@@ -167,7 +179,8 @@ inline void softmax(float* x, std::ptrdiff_t n) {
   const float inv = 1.f / s;
   const batch iv(inv);
   i = 0;
-  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(x + i, load(x + i) * iv);
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
+    store(x + i, load(x + i) * iv);
   for (; i < n; ++i) x[i] *= inv;
 }
 
@@ -182,7 +195,8 @@ inline float logsumexp(const float* x, std::ptrdiff_t n) {
     s0 += xsimd::exp(load(x + i) - mv);
     s1 += xsimd::exp(load(x + i + lanes) - mv);
   }
-  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) s0 += xsimd::exp(load(x + i) - mv);
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
+    s0 += xsimd::exp(load(x + i) - mv);
   float s = xsimd::hadd(s0 + s1);
   for (; i < n; ++i) s += std::exp(x[i] - m);
   return m + std::log(s);
@@ -226,7 +240,8 @@ inline void rotary_transpose(float* x, const float* c, const float* s, std::ptrd
 inline void gated_add(float* x, const float* g, const float* y, std::ptrdiff_t n) {
   using namespace detail;
   std::ptrdiff_t i = 0;
-  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(x + i, xsimd::fma(load(g + i), load(y + i), load(x + i)));
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
+    store(x + i, xsimd::fma(load(g + i), load(y + i), load(x + i)));
   for (; i < n; ++i) x[i] = std::fma(g[i], y[i], x[i]);
 }
 
@@ -240,7 +255,8 @@ inline float dot(const float* a, const float* b, std::ptrdiff_t n) {
     s2 = xsimd::fma(load(a + i + 2 * lanes), load(b + i + 2 * lanes), s2);
     s3 = xsimd::fma(load(a + i + 3 * lanes), load(b + i + 3 * lanes), s3);
   }
-  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) s0 = xsimd::fma(load(a + i), load(b + i), s0);
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
+    s0 = xsimd::fma(load(a + i), load(b + i), s0);
   float s = xsimd::hadd((s0 + s1) + (s2 + s3));
   for (; i < n; ++i) s = std::fma(a[i], b[i], s);
   return s;
@@ -251,8 +267,31 @@ inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) {
   using namespace detail;
   const batch av(alpha);
   std::ptrdiff_t i = 0;
-  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) store(y + i, xsimd::fma(av, load(x + i), load(y + i)));
+  for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
+    store(y + i, xsimd::fma(av, load(x + i), load(y + i)));
   for (; i < n; ++i) y[i] = std::fma(alpha, x[i], y[i]);
+}
+
+// Lane c of the result is the sum of the lanes of rows[c] (rows[0 .. lanes)): xsimd's haddp,
+// except on AVX-512 with float, where xsimd 8.1's haddp swaps lanes 2-3 with 4-5 and 10-11
+// with 12-13; there each row's two 256-bit halves are added and two AVX2 haddp finish.
+template <class T, class A>
+xsimd::batch<T, A> lane_sums(const xsimd::batch<T, A>* rows) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_same_v<T, float> && std::is_base_of_v<xsimd::avx512f, A>) {
+    using half = xsimd::batch<float, xsimd::avx2>;
+    half halves[16];
+    for (int c = 0; c < 16; ++c) {
+      const __m512 r = rows[c];
+      halves[c] = half(_mm512_castps512_ps256(r)) +
+                  half(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)));
+    }
+    const __m256 lo = xsimd::haddp(halves), hi = xsimd::haddp(halves + 8);
+    return _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+  }
+#endif
+  return xsimd::haddp(rows);
 }
 
 }  // namespace bd3::kernels::simd

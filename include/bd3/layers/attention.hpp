@@ -310,7 +310,7 @@ void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, i
 
 // s[r * nk + j] = scale * q_r . k_j for rows q_r = q + r * ldq (r < nq) and keys
 // k_j = k + j * ldk (j < nk). A lanes-wide group of keys at a time (in L1 for every row):
-// one accumulator per key, reduced together by haddp into a vector of scores, one
+// one accumulator per key, reduced together (lane_sums) into a vector of scores, one
 // horizontal reduction per group instead of one per key. Remainders: the last Dh % lanes
 // terms, then the last nk % lanes keys, in scalar order.
 template <class T>
@@ -333,11 +333,11 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
       }
       T* out = s + int64_t(r) * nk + j;
       if (dv == Dh) {
-        (xsimd::haddp(acc) * batch(scale)).store_unaligned(out);
+        (kernels::simd::lane_sums(acc) * batch(scale)).store_unaligned(out);
         continue;
       }
       alignas(64) T sums[L];
-      xsimd::haddp(acc).store_aligned(sums);
+      kernels::simd::lane_sums(acc).store_aligned(sums);
       for (int c = 0; c < L; ++c) {
         T t = sums[c];
         for (int d = dv; d < Dh; ++d) t += qr[d] * kj[int64_t(c) * ldk + d];
