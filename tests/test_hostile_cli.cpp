@@ -42,7 +42,15 @@ const fs::path kGpt2 = fs::path(BD3_FIXTURES_DIR) / "gpt2";
 // instrumented too: its shadow memory and quarantine add a fixed few hundred MB and the
 // checks run several times slower, so only the slack grows (the bound stays linear in
 // the input's size).
+// GCC defines __SANITIZE_ADDRESS__, clang answers __has_feature(address_sanitizer).
 #if defined(__SANITIZE_ADDRESS__)
+#define BD3_TEST_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BD3_TEST_UNDER_ASAN 1
+#endif
+#endif
+#if defined(BD3_TEST_UNDER_ASAN)
 constexpr double kSlowdown = 8.0;  // of long runs (the 16 MB lines) under the sanitizers
 constexpr double kMaxSeconds = 10.0;
 constexpr uint64_t kBaseMemory = uint64_t{768} << 20;
