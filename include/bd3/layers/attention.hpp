@@ -178,6 +178,29 @@ void attention_dense(const AttentionArgs<T>& a, const Mask& mask) {
   }
 }
 
+// The keys query q may see, as at most two intervals, for the masks whose rows are such
+// unions (the training mask: its own block of its half, plus the x0 blocks before it, or
+// up to it for an x0 query). Returns the count, or -1 when the mask has no such form
+// (then every entry is asked through mask.allowed).
+template <class Mask>
+int allowed_intervals(const Mask& mask, int q, KeyRange* out) {
+  if constexpr (std::is_same_v<Mask, TrainingMask>) {
+    const int L = mask.length, B = mask.block_size;
+    if (q < L) {
+      const int b = q / B;
+      out[0] = {b * B, (b + 1) * B};  // block-diagonal (xt)
+      out[1] = {L, L + b * B};        // offset block-causal (x0 blocks before b)
+      return 2;
+    }
+    const int b = (q - L) / B;
+    out[0] = {L, L + (b + 1) * B};  // block-causal (x0)
+    return 1;
+  } else {
+    (void)mask, (void)q, (void)out;
+    return -1;
+  }
+}
+
 template <class T>
 using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class T>
@@ -213,9 +236,25 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
         }
         for (int i = 0; i < tq; ++i) {
           T* row = S.row(i).data();
-          for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r)
-            for (int j = 0; j < ranges[r].size(); ++j)
-              if (!mask.allowed(q0 + i, ranges[r].begin + j)) row[col + j] = neg_inf;
+          KeyRange allowed[2];
+          const int na = allowed_intervals(mask, q0 + i, allowed);
+          if (na < 0) {
+            for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r)
+              for (int j = 0; j < ranges[r].size(); ++j)
+                if (!mask.allowed(q0 + i, ranges[r].begin + j)) row[col + j] = neg_inf;
+          } else {         // -inf in the columns outside every allowed interval
+            int done = 0;  // columns [0, done) are final
+            for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r)
+              for (int k = 0; k < na; ++k) {
+                const int lo = std::max(ranges[r].begin, allowed[k].begin);
+                const int hi = std::min(ranges[r].end, allowed[k].end);
+                if (hi <= lo) continue;
+                const int c0 = col + lo - ranges[r].begin;
+                std::fill(row + done, row + c0, neg_inf);
+                done = c0 + hi - lo;
+              }
+            std::fill(row + done, row + nk, neg_inf);
+          }
           if (a.lse) a.lse[h * a.nq + q0 + i] = kernels::logsumexp<T>(row, nk);
           kernels::softmax<T>(row, nk);
         }

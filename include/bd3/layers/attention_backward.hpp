@@ -18,8 +18,8 @@
 #include <bd3/layers/attention.hpp>
 #include <bd3/policies/attention.hpp>
 
-#include <Eigen/Dense>
 #include <omp.h>
+#include <Eigen/Dense>
 
 #include <algorithm>
 #include <cmath>
@@ -87,8 +87,10 @@ void attention_dense_backward(const AttentionGradArgs<T>& a, const Mask& mask) {
     return UseSimd ? kernels::dot<T>(x, y, n) : kernels::scalar::dot<T>(x, y, n);
   };
   auto axpy = [](T alpha, const T* x, T* y, int n) {
-    if (UseSimd) kernels::axpy<T>(alpha, x, y, n);
-    else kernels::scalar::axpy<T>(alpha, x, y, n);
+    if (UseSimd)
+      kernels::axpy<T>(alpha, x, y, n);
+    else
+      kernels::scalar::axpy<T>(alpha, x, y, n);
   };
   KVGradAccumulators<T> acc;
   acc.nk = a.nk, acc.width = W;
@@ -124,29 +126,6 @@ void attention_dense_backward(const AttentionGradArgs<T>& a, const Mask& mask) {
       }
     }
     reduce_kv_grads(acc, threads, a);
-  }
-}
-
-// The keys query q may see, as at most two intervals, for the masks whose rows are such
-// unions (the training mask: its own block of its half, plus the x0 blocks before it, or
-// up to it for an x0 query). Returns the count, or -1 when the mask has no such form
-// (then every entry is asked through mask.allowed).
-template <class Mask>
-int allowed_intervals(const Mask& mask, int q, KeyRange* out) {
-  if constexpr (std::is_same_v<Mask, TrainingMask>) {
-    const int L = mask.length, B = mask.block_size;
-    if (q < L) {
-      const int b = q / B;
-      out[0] = {b * B, (b + 1) * B};  // block-diagonal (xt)
-      out[1] = {L, L + b * B};        // offset block-causal (x0 blocks before b)
-      return 2;
-    }
-    const int b = (q - L) / B;
-    out[0] = {L, L + (b + 1) * B};  // block-causal (x0)
-    return 1;
-  } else {
-    (void)mask, (void)q, (void)out;
-    return -1;
   }
 }
 
@@ -193,8 +172,10 @@ void attention_block_sparse_backward(const AttentionGradArgs<T>& a, const Mask& 
         S.resize(tq, nk);
         dP.resize(tq, nk);
         for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r) {
-          StridedMap<T> K(a.k + int64_t(ranges[r].begin) * a.ldk + h * Dh, ranges[r].size(), Dh, Stride(a.ldk));
-          StridedMap<T> V(a.v + int64_t(ranges[r].begin) * a.ldv + h * Dh, ranges[r].size(), Dh, Stride(a.ldv));
+          StridedMap<T> K(a.k + int64_t(ranges[r].begin) * a.ldk + h * Dh, ranges[r].size(), Dh,
+                          Stride(a.ldk));
+          StridedMap<T> V(a.v + int64_t(ranges[r].begin) * a.ldv + h * Dh, ranges[r].size(), Dh,
+                          Stride(a.ldv));
           S.middleCols(col, ranges[r].size()).noalias() = (Q * K.transpose()) * scale;
           dP.middleCols(col, ranges[r].size()).noalias() = dO * V.transpose();
         }
@@ -207,7 +188,8 @@ void attention_block_sparse_backward(const AttentionGradArgs<T>& a, const Mask& 
           if (na < 0) {
             for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r)
               for (int j = 0; j < ranges[r].size(); ++j)
-                s[col + j] = mask.allowed(q0 + i, ranges[r].begin + j) ? std::exp(s[col + j] - lse) : T(0);
+                s[col + j] =
+                    mask.allowed(q0 + i, ranges[r].begin + j) ? std::exp(s[col + j] - lse) : T(0);
           } else {
             // Columns of S outside every allowed interval become 0; the rest exp(S - lse).
             int done = 0;  // columns [0, done) are final
@@ -237,7 +219,8 @@ void attention_block_sparse_backward(const AttentionGradArgs<T>& a, const Mask& 
           dK.noalias() += (dP.middleCols(col, n).transpose() * Q) * scale;
           dQ.noalias() += dP.middleCols(col, n) * K;
         }
-        StridedMapMut<T>(a.dq + int64_t(q0) * a.lddq + h * Dh, tq, Dh, Stride(a.lddq)) += dQ * scale;
+        StridedMapMut<T>(a.dq + int64_t(q0) * a.lddq + h * Dh, tq, Dh, Stride(a.lddq)) +=
+            dQ * scale;
       }
     }
     reduce_kv_grads(acc, threads, a);
