@@ -144,3 +144,28 @@ TEST_CASE("decode attention gives the same bits with 1 and 3 threads",
   CHECK(one.first == three.first);
   CHECK(one.second == three.second);
 }
+
+// The block-sparse forward and backward mask the training mask's rows through these
+// intervals instead of asking allowed() per score: they must be the same set of keys.
+TEST_CASE("the training mask's allowed intervals are exactly its allowed keys",
+          "[attention][mask]") {
+  for (int L : {1, 6, 8, 12})
+    for (int B : {1, 2, 3, 4, 6, 12}) {
+      if (L % B != 0) continue;
+      const TrainingMask mask{L, B};
+      for (int q = 0; q < 2 * L; ++q) {
+        KeyRange intervals[2];
+        const int n = detail::allowed_intervals(mask, q, intervals);
+        REQUIRE(n >= 1);
+        for (int k = 0; k < 2 * L; ++k) {
+          bool inside = false;
+          for (int i = 0; i < n; ++i) inside |= k >= intervals[i].begin && k < intervals[i].end;
+          CAPTURE(L, B, q, k);
+          CHECK(inside == mask.allowed(q, k));
+        }
+      }
+    }
+  const DecodeMask decode{4, 1, {{0, 8}, {}}};
+  KeyRange unused[2];
+  CHECK(detail::allowed_intervals(decode, 0, unused) == -1);  // asked per key instead
+}
