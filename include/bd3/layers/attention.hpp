@@ -201,6 +201,26 @@ int allowed_intervals(const Mask& mask, int q, KeyRange* out) {
   }
 }
 
+// A row of a tile whose columns are the key ranges[0, nr) side by side (nk in all), with
+// its allowed keys as the intervals allowed[0, na): calls seen(c0, n) for every run of
+// columns the query may see and unseen(c0, n) for every run it may not, left to right.
+template <class Seen, class Unseen>
+void for_each_column_run(const KeyRange* allowed, int na, const KeyRange* ranges, int nr, int nk,
+                         Seen&& seen, Unseen&& unseen) {
+  int done = 0;  // columns [0, done) are handed out
+  for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r)
+    for (int k = 0; k < na; ++k) {
+      const int lo = std::max(ranges[r].begin, allowed[k].begin);
+      const int hi = std::min(ranges[r].end, allowed[k].end);
+      if (hi <= lo) continue;
+      const int c0 = col + lo - ranges[r].begin;
+      if (c0 > done) unseen(done, c0 - done);
+      seen(c0, hi - lo);
+      done = c0 + hi - lo;
+    }
+  if (nk > done) unseen(done, nk - done);
+}
+
 template <class T>
 using RowMat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class T>
@@ -242,18 +262,10 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
             for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r)
               for (int j = 0; j < ranges[r].size(); ++j)
                 if (!mask.allowed(q0 + i, ranges[r].begin + j)) row[col + j] = neg_inf;
-          } else {         // -inf in the columns outside every allowed interval
-            int done = 0;  // columns [0, done) are final
-            for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r)
-              for (int k = 0; k < na; ++k) {
-                const int lo = std::max(ranges[r].begin, allowed[k].begin);
-                const int hi = std::min(ranges[r].end, allowed[k].end);
-                if (hi <= lo) continue;
-                const int c0 = col + lo - ranges[r].begin;
-                std::fill(row + done, row + c0, neg_inf);
-                done = c0 + hi - lo;
-              }
-            std::fill(row + done, row + nk, neg_inf);
+          } else {
+            for_each_column_run(
+                allowed, na, ranges, nr, nk, [](int, int) {},
+                [&](int c0, int n) { std::fill(row + c0, row + c0 + n, neg_inf); });
           }
           if (a.lse) a.lse[h * a.nq + q0 + i] = kernels::logsumexp<T>(row, nk);
           kernels::softmax<T>(row, nk);

@@ -190,22 +190,14 @@ void attention_block_sparse_backward(const AttentionGradArgs<T>& a, const Mask& 
               for (int j = 0; j < ranges[r].size(); ++j)
                 s[col + j] =
                     mask.allowed(q0 + i, ranges[r].begin + j) ? std::exp(s[col + j] - lse) : T(0);
-          } else {
-            // Columns of S outside every allowed interval become 0; the rest exp(S - lse).
-            int done = 0;  // columns [0, done) are final
-            for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r) {
-              for (int k = 0; k < na; ++k) {
-                const int lo = std::max(ranges[r].begin, allowed[k].begin);
-                const int hi = std::min(ranges[r].end, allowed[k].end);
-                if (hi <= lo) continue;
-                const int c0 = col + lo - ranges[r].begin, n = hi - lo;
-                std::fill(s + done, s + c0, T(0));
-                auto seg = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(s + c0, n);
-                seg = (seg - lse).exp();
-                done = c0 + n;
-              }
-            }
-            std::fill(s + done, s + nk, T(0));
+          } else {  // exp(S - lse) in the allowed columns, 0 in the others
+            for_each_column_run(
+                allowed, na, ranges, nr, nk,
+                [&](int c0, int n) {
+                  auto seg = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(s + c0, n);
+                  seg = (seg - lse).exp();
+                },
+                [&](int c0, int n) { std::fill(s + c0, s + c0 + n, T(0)); });
           }
         }
         dP.array() = S.array() * (dP.array().colwise() - Dvec.array());
