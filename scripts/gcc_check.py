@@ -38,7 +38,12 @@ def main() -> int:
     if len(sys.argv) not in (2, 3):
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
-    entries = json.loads((Path(sys.argv[1]) / "compile_commands.json").read_text())
+    database = Path(sys.argv[1]) / "compile_commands.json"
+    try:
+        entries = json.loads(database.read_text())
+    except (OSError, ValueError) as e:
+        print(f"gcc-check: cannot read {database}: {e}", file=sys.stderr)
+        return 1
     jobs = int(sys.argv[2]) if len(sys.argv) == 3 else 2
     failed = 0
     with ThreadPoolExecutor(max_workers=jobs) as pool:

@@ -5,12 +5,15 @@
 #   1. trains a BD3-LM with B' = 16 (the reproduce shape: L 128, 4 layers, hidden 256) with
 #      a constant learning rate 1e-3 for a wall-time budget (a rerun after an interruption
 #      resumes from the checkpoint with a fresh budget; OUT/trained marks it done);
-#   2. samples 32 sequences of 128 tokens per seed with first-hitting and with each tau;
+#   2. samples 32 sequences of 128 tokens per seed with first-hitting, with each tau, and
+#      with each (tau, min-reveal k) of REVEAL_TAUS x MIN_REVEALS (at least k tokens per
+#      call, most confident first: at most 1/k NFE per token);
 #   3. scores every file with `bd3 eval-gen` under the reproduce AR judge;
 #   4. writes summary.json (scripts/threshold_study.py) and prints its table.
 # Usage: scripts/threshold_study.sh [out-dir]   (default out/threshold)
 # Environment: REPRODUCE (default out/reproduce), BD3 (default build/release/bd3),
-#   TRAIN_SECONDS (default 2400), SEEDS (default "1 2 3 4"), TAUS, THREADS (default nproc).
+#   TRAIN_SECONDS (default 2400), SEEDS (default "1 2 3 4"), TAUS, REVEAL_TAUS (default
+#   "1 0.9 0.7 0.5"), MIN_REVEALS (default "2 3 4"), THREADS (default nproc).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/out/threshold}
@@ -19,6 +22,8 @@ bd3=${BD3:-$root/build/release/bd3}
 train_seconds=${TRAIN_SECONDS:-2400}
 seeds=${SEEDS:-1 2 3 4}
 taus=${TAUS:-0.9 0.7 0.5 0.3 0.2 0.1 0.05 0}
+reveal_taus=${REVEAL_TAUS:-1 0.9 0.7 0.5}
+min_reveals=${MIN_REVEALS:-2 3 4}
 threads=${THREADS:-$(nproc)}
 for f in "$rep/kjv.txt" "$rep/tokenizer/vocab.json" "$rep/models/ar/checkpoint.json"; do
   [ -e "$f" ] || { echo "threshold_study: $f is missing: run scripts/reproduce.sh first" >&2; exit 1; }
@@ -60,5 +65,8 @@ for seed in $seeds; do
   echo "seed $seed" >&2
   gen fh "$seed" --first-hitting
   for tau in $taus; do gen "tau$tau" "$seed" --threshold "$tau"; done
+  for tau in $reveal_taus; do
+    for k in $min_reveals; do gen "tau${tau}k$k" "$seed" --threshold "$tau" --min-reveal "$k"; done
+  done
 done
 python3 "$root/scripts/threshold_study.py" "$out"

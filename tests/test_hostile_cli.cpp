@@ -775,6 +775,9 @@ TEST_CASE("bad flags and values of every command: exit 2, one line, nothing allo
     b.push_back({"--noise", "bogus"});
     b.push_back({"--steps", "4", "--first-hitting"});
     b.push_back({"--threshold", "0.5", "--steps", "4"});
+    b.push_back({"--threshold", "0.5", "--min-reveal", "0"});
+    b.push_back({"--threshold", "0.5", "--min-reveal", "-3"});
+    b.push_back({"--min-reveal", "2"});  // without --threshold
     b.push_back({"--seed", "abc"});
   }
   {

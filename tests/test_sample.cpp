@@ -217,10 +217,52 @@ TEST_CASE("NFE accounting of each sampler", "[sample][nfe]") {
     o.threshold = 0.5;
     for (auto& r : run(model, o)) CHECK((r.nfe >= gen_blocks && r.nfe <= 49));
   }
+  SECTION("threshold 1 with min_reveal k: ceil(masked / k) calls per block") {
+    // Blocks: 3 masked (BOS first), 11 x 4, then 2 inside the length.
+    o.method = Method::threshold, o.threshold = 1.0;
+    for (int k : {2, 3, 4, 100}) {
+      INFO("min_reveal " << k);
+      o.min_reveal = k;
+      const int64_t expect = (3 + k - 1) / k + 11 * ((4 + k - 1) / k) + (2 + k - 1) / k;
+      for (auto& r : run(model, o)) CHECK(r.nfe == expect);
+    }
+  }
   SECTION("uncached: the same NFE and no commit calls") {
     o.kv_cache = false;
     for (auto& r : run(model, o)) CHECK((r.nfe == 49 && r.commit_calls == 0));
   }
+}
+
+TEST_CASE("threshold reveal set: every position >= tau, at least the k most confident",
+          "[sample][threshold]") {
+  std::vector<int> out;
+  auto reveals = [&](std::vector<double> c, double tau, int k) {
+    threshold_reveals(c, tau, k, out);
+    return out;
+  };
+  using V = std::vector<int>;
+  const std::vector<double> c{0.1, 0.5, 0.3, 0.5, 0.45};
+  CHECK(reveals(c, 0.4, 1) == V{1, 3, 4});
+  CHECK(reveals(c, 0.9, 1) == V{1});        // none >= tau: the most confident, earlier on ties
+  CHECK(reveals(c, 0.9, 2) == V{1, 3});     // the two at 0.5
+  CHECK(reveals(c, 0.9, 3) == V{1, 3, 4});  // then 0.45
+  CHECK(reveals(c, 0.5, 4) == V{1, 2, 3, 4});
+  CHECK(reveals(c, 0.0, 1) == V{0, 1, 2, 3, 4});
+  CHECK(reveals(c, 1.0, 99) == V{0, 1, 2, 3, 4});
+  CHECK(reveals({}, 0.5, 2).empty());
+
+  // min_reveal = block size at tau = 1 decodes each block in one call, as tau = 0 does, and
+  // draws in the same (position) order: the same tokens.
+  const auto cfg = tiny_config(12, 16, 4);
+  auto model = random_model<Model<>>(cfg, 9, 0.5);
+  SamplerOptions o;
+  o.method = Method::threshold, o.length = 30, o.batch = 2, o.seed = 17;
+  o.threshold = 0.0;
+  auto a = run(model, o);
+  o.threshold = 1.0, o.min_reveal = 4;
+  auto b = run(model, o);
+  CHECK(ids_of(a) == ids_of(b));
+  CHECK(a[0].nfe == b[0].nfe);
 }
 
 TEST_CASE("first-hitting and DDPM sample exactly their distributions", "[sample][distribution]") {
@@ -556,6 +598,7 @@ TEST_CASE("bad sampler options are usage errors", "[sample][errors]") {
   usage([](SamplerOptions& o) { o.length = 0; });
   usage([](SamplerOptions& o) { o.length = 1; });  // only BOS
   usage([](SamplerOptions& o) { o.threshold = 1.5; });
+  usage([](SamplerOptions& o) { o.min_reveal = 0; });
   usage([](SamplerOptions& o) { o.top_p = 0; });
   usage([](SamplerOptions& o) { o.top_p = 1.1; });
   usage([](SamplerOptions& o) { o.temperature = -1; });

@@ -47,11 +47,11 @@ struct SampleArgs {
   std::string model, prompt, noise = "loglinear", decode_weights = "f32";
   int64_t length = 0, bos = -1, eos = -1;
   uint64_t seed = 0;
-  int steps = 0, top_k = 0, batch = 1, threads = 0, max_retries = 10;
+  int steps = 0, top_k = 0, batch = 1, threads = 0, max_retries = 10, min_reveal = 1;
   double top_p = 1.0, temperature = 1.0, threshold = 0.9;
   bool first_hitting = false, no_kv = false, no_fused = false, var_length = false, json = false;
   CLI::Option *length_opt = nullptr, *prompt_opt = nullptr, *steps_opt = nullptr,
-              *threshold_opt = nullptr;
+              *threshold_opt = nullptr, *min_reveal_opt = nullptr;
   CLI::Option *bos_opt = nullptr, *eos_opt = nullptr;
 };
 
@@ -66,6 +66,9 @@ int run_sample(const SampleArgs& a) {
   if (a.threshold_opt->count() && (a.steps_opt->count() || a.first_hitting))
     fail_usage("--threshold excludes --steps and --first-hitting");
   if (!(a.threshold >= 0 && a.threshold <= 1)) fail_usage("--threshold must be in [0, 1]");
+  if (a.min_reveal_opt->count() && !a.threshold_opt->count())
+    fail_usage("--min-reveal applies to --threshold decoding");
+  check_count("--min-reveal", a.min_reveal, 1);
   if (!(a.top_p > 0 && a.top_p <= 1)) fail_usage("--top-p must be in (0, 1]");
   if (a.top_k < 0) fail_usage("--top-k must be >= 0 (0 = off)");
   if (!(a.temperature >= 0 && std::isfinite(a.temperature)))
@@ -112,6 +115,7 @@ int run_sample(const SampleArgs& a) {
                                         : sample::Method::first_hitting;
   o.steps = a.steps;
   o.threshold = a.threshold;
+  o.min_reveal = a.min_reveal;
   o.top_p = a.top_p, o.top_k = a.top_k, o.temperature = a.temperature;
   o.kv_cache = !a.no_kv, o.fused_commit = !a.no_fused;
   o.batch = a.batch, o.seed = a.seed, o.max_retries = a.max_retries;
@@ -196,6 +200,10 @@ const Registrar sample_command([](CLI::App& app) -> Runner {
   sub->add_flag("--first-hitting", a->first_hitting, "First-hitting sampler (the default)");
   a->threshold_opt = sub->add_option("--threshold", a->threshold,
                                      "Confidence-threshold parallel decoding with tau in [0, 1]");
+  a->min_reveal_opt =
+      sub->add_option("--min-reveal", a->min_reveal,
+                      "Threshold decoding: reveal at least K tokens per call, most confident "
+                      "first (default 1; --threshold 1 --min-reveal K: K tokens per call)");
   sub->add_option("--top-p", a->top_p, "Nucleus sampling: keep this much probability mass (0, 1]");
   sub->add_option("--top-k", a->top_k, "Keep the k most probable tokens (0 = off)");
   sub->add_option("--temperature", a->temperature, "Softmax temperature (0 = greedy)");

@@ -12,8 +12,10 @@
 //    from p_x0; the last step (s = 0) reveals everything. When a step reveals nothing
 //    the next step reuses p_x0 without a model call.
 //  - threshold (Fast-dLLM-style parallel decoding): each call reveals every masked
-//    position whose top probability is >= tau, and at least the most confident one; the
-//    tokens are drawn from p_x0 (greedy with temperature 0). tau = 0: one call per block.
+//    position whose top probability is >= tau, and at least the `min_reveal` most
+//    confident ones (default 1); the tokens are drawn from p_x0 (greedy with temperature 0).
+//    tau = 0: one call per block; tau = 1 with min_reveal = k: k tokens per call, most
+//    confident first (a fixed NFE budget of 1/k per token).
 //    The confidence is the model's own (temperature 1, before top-k/top-p), so filters
 //    change the tokens, not the schedule.
 // p_x0 is the SUBS distribution (MASK excluded) after temperature, top-k and top-p.
@@ -40,6 +42,24 @@
 #include <vector>
 
 namespace bd3::sample {
+
+// The threshold sampler's reveal set for one call: the indices i of `confidence` (one per
+// masked position, in position order) with confidence[i] >= tau, and at least the
+// min(min_reveal, n) most confident (ties: the earlier position). Written to `out` in
+// ascending order, so the random draws follow position order whatever the rule picked.
+// Empty input: empty output.
+inline void threshold_reveals(std::span<const double> confidence, double tau, int min_reveal,
+                              std::vector<int>& out) {
+  const size_t n = confidence.size();
+  out.resize(n);
+  for (size_t i = 0; i < n; ++i) out[i] = int(i);
+  std::stable_sort(out.begin(), out.end(),
+                   [&](int a, int b) { return confidence[size_t(a)] > confidence[size_t(b)]; });
+  size_t take = std::min(n, size_t(std::max(min_reveal, 0)));
+  while (take < n && confidence[size_t(out[take])] >= tau) ++take;
+  out.resize(take);
+  std::sort(out.begin(), out.end());
+}
 
 enum class Method { first_hitting, ddpm, threshold };
 enum class LengthMode { fixed, variable };
@@ -70,6 +90,7 @@ struct SamplerOptions {
   Method method = Method::first_hitting;
   int steps = 0;             // ddpm: T steps per block (0: the block size)
   double threshold = 0.9;    // threshold: tau in [0, 1]
+  int min_reveal = 1;        // threshold: reveal at least this many per call (most confident)
   double top_p = 1.0;        // nucleus, in (0, 1]; 1 = off
   int top_k = 0;             // 0 = off
   double temperature = 1.0;  // 0 = greedy
@@ -203,6 +224,7 @@ class Sampler {
     filter_.validate();
     if (!(o_.threshold >= 0.0 && o_.threshold <= 1.0))
       fail_usage("sampler: threshold must be in [0, 1]");
+    if (o_.min_reveal < 1) fail_usage("sampler: min_reveal must be >= 1");
     if (o_.steps < 0) fail_usage("sampler: steps must be >= 1 (or 0 for the block size)");
     steps_ = o_.steps > 0 ? o_.steps : model_.block_size();
     if (o_.max_retries < 0) fail_usage("sampler: max_retries must be >= 0");
@@ -263,6 +285,8 @@ class Sampler {
 
     std::vector<Task> tasks;
     std::vector<int> masked;
+    std::vector<double> confidence;  // threshold: of each masked position
+    std::vector<int> reveal;         // threshold: indices into `masked`
     for (int64_t b = prompt_blocks; b < blocks; ++b) {
       const int64_t lo = b * Bp, glo = std::max(lo, P), ghi = std::min(lo + Bp, N);
       auto masked_positions = [&](const Seq& s) {
@@ -319,16 +343,12 @@ class Sampler {
           for (auto& s : seqs) {
             if (!s.need) continue;
             masked_positions(s);
-            int best = masked[0];
-            bool some = false;
-            for (int pos : masked) {
-              if (s.dist[pos].confidence > s.dist[best].confidence) best = pos;
-              if (s.dist[pos].confidence >= o_.threshold) {
-                tasks.push_back({&s, pos, lo + pos, s.rng.reserve(uint64_t(V))});
-                some = true;
-              }
-            }
-            if (!some) tasks.push_back({&s, best, lo + best, s.rng.reserve(uint64_t(V))});
+            confidence.clear();
+            for (int pos : masked) confidence.push_back(s.dist[size_t(pos)].confidence);
+            threshold_reveals(confidence, o_.threshold, o_.min_reveal, reveal);
+            for (int j : reveal)
+              tasks.push_back(
+                  {&s, masked[size_t(j)], lo + masked[size_t(j)], s.rng.reserve(uint64_t(V))});
           }
         }
         run_tasks(tasks, true);
