@@ -14,23 +14,24 @@
 // the benchmark had its cores to itself, lower when other processes shared them.
 //   build/release/bench_machine --benchmark_min_time=0.5
 #include <benchmark/benchmark.h>
+#include <bd3/kernels/simd.hpp>
 #include <xsimd/xsimd.hpp>
 
-#include <Eigen/Dense>
 #include <omp.h>
 #include <sys/mman.h>
+#include <Eigen/Dense>
 
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <new>
-#include <chrono>
 #include <ctime>
+#include <new>
 #include <vector>
 
 namespace {
@@ -38,7 +39,9 @@ namespace {
 using batch = xsimd::batch<float>;
 constexpr std::ptrdiff_t kLanes = static_cast<std::ptrdiff_t>(batch::size);
 
-int all_threads() { return std::max(1, omp_get_num_procs()); }
+int all_threads() {
+  return std::max(1, omp_get_num_procs());
+}
 
 // Thread counts to run: 1 and all (deduplicated on a 1-core machine).
 void thread_args(benchmark::internal::Benchmark* b) {
@@ -54,7 +57,8 @@ struct CpuUtil {
     return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
   }
   static double wall() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
   }
   double cpu0 = cpu(), wall0 = wall();
   double operator()(int threads) const { return (cpu() - cpu0) / ((wall() - wall0) * threads); }
@@ -108,7 +112,7 @@ float fma_chains(float seed, float m_in, float a_in) {
   for (int j = 0; j < kChains; ++j) acc[j] = batch(seed + 0.01f * float(j));
   for (std::int64_t t = 0; t < kFmaTrips; ++t) {
 #pragma GCC unroll 12
-    for (int j = 0; j < kChains; ++j) acc[j] = xsimd::fma(acc[j], m, a);
+    for (int j = 0; j < kChains; ++j) acc[j] = bd3::kernels::simd::fma(acc[j], m, a);
   }
   batch s = acc[0];
   for (int j = 1; j < kChains; ++j) s += acc[j];
@@ -129,8 +133,8 @@ void BM_fma_peak(benchmark::State& state) {
   benchmark::DoNotOptimize(sink);
   state.counters["cpu_util"] = util(threads);
   state.counters["threads"] = threads;
-  state.counters["GFLOPs"] = benchmark::Counter(double(state.iterations()) * threads * kFlopsPerCall / 1e9,
-                                                benchmark::Counter::kIsRate);
+  state.counters["GFLOPs"] = benchmark::Counter(
+      double(state.iterations()) * threads * kFlopsPerCall / 1e9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_fma_peak)->Apply(thread_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 
@@ -152,7 +156,9 @@ struct Buffer {
 #pragma omp parallel for schedule(static) num_threads(all_threads())
     for (std::ptrdiff_t i = 0; i < kFloats; ++i) p[i] = fill;
   }
-  ~Buffer() { std::free(p); }
+  ~Buffer() {
+    std::free(p);
+  }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
 };
@@ -204,8 +210,8 @@ void BM_mem_read(benchmark::State& state) {
   benchmark::DoNotOptimize(sink);
   state.counters["cpu_util"] = util(threads);
   state.counters["threads"] = threads;
-  state.counters["GB/s"] =
-      benchmark::Counter(double(state.iterations()) * double(kGiB) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GB/s"] = benchmark::Counter(double(state.iterations()) * double(kGiB) / 1e9,
+                                              benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_mem_read)->Apply(thread_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 
@@ -218,14 +224,15 @@ void BM_mem_copy(benchmark::State& state) {
 #pragma omp parallel num_threads(threads)
     {
       auto [lo, hi] = share(kFloats, omp_get_thread_num(), threads);
-      for (std::ptrdiff_t i = lo; i < hi; i += kLanes) batch::load_aligned(b + i).store_aligned(a + i);
+      for (std::ptrdiff_t i = lo; i < hi; i += kLanes)
+        batch::load_aligned(b + i).store_aligned(a + i);
     }
     benchmark::ClobberMemory();
   }
   state.counters["cpu_util"] = util(threads);
   state.counters["threads"] = threads;
-  state.counters["GB/s"] =
-      benchmark::Counter(double(state.iterations()) * 2 * double(kGiB) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GB/s"] = benchmark::Counter(double(state.iterations()) * 2 * double(kGiB) / 1e9,
+                                              benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_mem_copy)->Apply(thread_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 
@@ -241,14 +248,15 @@ void BM_mem_triad(benchmark::State& state) {
     {
       auto [lo, hi] = share(kFloats, omp_get_thread_num(), threads);
       for (std::ptrdiff_t i = lo; i < hi; i += kLanes)
-        xsimd::fma(s, batch::load_aligned(c + i), batch::load_aligned(b + i)).store_aligned(a + i);
+        bd3::kernels::simd::fma(s, batch::load_aligned(c + i), batch::load_aligned(b + i))
+            .store_aligned(a + i);
     }
     benchmark::ClobberMemory();
   }
   state.counters["cpu_util"] = util(threads);
   state.counters["threads"] = threads;
-  state.counters["GB/s"] =
-      benchmark::Counter(double(state.iterations()) * 3 * double(kGiB) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GB/s"] = benchmark::Counter(double(state.iterations()) * 3 * double(kGiB) / 1e9,
+                                              benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_mem_triad)->Apply(thread_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 
@@ -266,15 +274,16 @@ void BM_mem_triad_nt(benchmark::State& state) {
     {
       auto [lo, hi] = share(kFloats, omp_get_thread_num(), threads);
       for (std::ptrdiff_t i = lo; i < hi; i += 8)
-        _mm256_stream_ps(a + i, _mm256_add_ps(_mm256_load_ps(b + i), _mm256_mul_ps(s, _mm256_load_ps(c + i))));
+        _mm256_stream_ps(
+            a + i, _mm256_add_ps(_mm256_load_ps(b + i), _mm256_mul_ps(s, _mm256_load_ps(c + i))));
       _mm_sfence();
     }
     benchmark::ClobberMemory();
   }
   state.counters["cpu_util"] = util(threads);
   state.counters["threads"] = threads;
-  state.counters["GB/s"] =
-      benchmark::Counter(double(state.iterations()) * 3 * double(kGiB) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GB/s"] = benchmark::Counter(double(state.iterations()) * 3 * double(kGiB) / 1e9,
+                                              benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_mem_triad_nt)->Apply(thread_args)->UseRealTime()->Unit(benchmark::kMillisecond);
 #endif
@@ -298,9 +307,9 @@ void BM_eigen_sgemm(benchmark::State& state) {
   Eigen::setNbThreads(0);  // back to the default (all OpenMP threads)
   state.counters["cpu_util"] = cpu_util;
   state.counters["threads"] = threads;
-  state.counters["GFLOPs"] = benchmark::Counter(double(state.iterations()) * 2.0 * double(m) * double(k) *
-                                                    double(n) / 1e9,
-                                                benchmark::Counter::kIsRate);
+  state.counters["GFLOPs"] =
+      benchmark::Counter(double(state.iterations()) * 2.0 * double(m) * double(k) * double(n) / 1e9,
+                         benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_eigen_sgemm)
     ->ArgNames({"M", "K", "N", "threads"})

@@ -315,6 +315,23 @@ TEST_CASE("simd lane_sums puts the sum of row c in lane c", "[kernels][simd]") {
   check_lane_sums<double>();
 }
 
+TEST_CASE("simd fma rounds once, like std::fma, on every instruction set", "[kernels][simd]") {
+  // (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24: the product alone rounds (to even) to 1 + 2^-11, so
+  // a multiply then an add gives 0 where the fused operation gives 2^-24 (and likewise
+  // for double with 2^-27 and 2^-54). xsimd 8.1's AVX-512 fma is the unfused fallback.
+  auto check = [](auto one_ulp_scale, int e) {
+    using T = decltype(one_ulp_scale);
+    using batch = xsimd::batch<T>;
+    const T x = T(1) + std::ldexp(T(1), -e), z = -(T(1) + std::ldexp(T(1), -e + 1));
+    REQUIRE(std::fma(x, x, z) == std::ldexp(T(1), -2 * e));
+    alignas(64) T out[batch::size];
+    k::simd::fma(batch(x), batch(x), batch(z)).store_aligned(out);
+    for (size_t i = 0; i < batch::size; ++i) CHECK(out[i] == std::ldexp(T(1), -2 * e));
+  };
+  check(0.0f, 12);
+  check(0.0, 27);
+}
+
 TEST_CASE("simd dot matches the scalar twins", "[kernels][simd][dot]") {
   for (auto n : kSizes) {
     std::mt19937 rng(3000 + unsigned(n));

@@ -33,6 +33,7 @@
 #include <type_traits>
 
 #include "bfloat16.hpp"
+#include "simd.hpp"
 
 namespace bd3::kernels {
 
@@ -176,7 +177,7 @@ void dot_rows(const float* x, int64_t K, const Wt* w, float* out) {
           0);
     const batch wv = load_weights(w + k);
     for (int r = 0; r < R; ++r)
-      acc[r] = xsimd::fma(batch::load_unaligned(x + r * K + k), wv, acc[r]);
+      acc[r] = simd::fma(batch::load_unaligned(x + r * K + k), wv, acc[r]);
   }
   for (int r = 0; r < R; ++r) {
     float s = xsimd::hadd(acc[r]);
@@ -212,7 +213,7 @@ void dot_tile(const float* x, int64_t K, const Wt* w, const float* b, float* y, 
     for (int c = 0; c < C; ++c) wv[c] = load_weights(w + c * K + k);
     for (int r = 0; r < R; ++r) {
       const batch xv = batch::load_unaligned(x + r * K + k);
-      for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(xv, wv[c], acc[r][c]);
+      for (int c = 0; c < C; ++c) acc[r][c] = simd::fma(xv, wv[c], acc[r][c]);
     }
   }
   for (int r = 0; r < R; ++r)
@@ -328,7 +329,7 @@ void packed_rows(const float* x, int64_t K, const Wt* tile, int64_t c0, float* o
     for (int c = 0; c < C; ++c) w[c] = load_weights(wk + c * lanes);
     for (int r = 0; r < R; ++r) {
       const batch xv(x[r * K + k]);
-      for (int c = 0; c < C; ++c) acc[r][c] = xsimd::fma(xv, w[c], acc[r][c]);
+      for (int c = 0; c < C; ++c) acc[r][c] = simd::fma(xv, w[c], acc[r][c]);
     }
   }
   for (int r = 0; r < R; ++r)

@@ -18,6 +18,22 @@
 
 namespace bd3::kernels::simd {
 
+// x * y + z rounded once. xsimd 8.1 has no AVX-512 fma: for AVX-512 batches its generic
+// fallback is a multiply then an add (two roundings, twice the instructions), which would
+// make every kernel's result differ from its std::fma scalar twin's on AVX-512 machines
+// only. This calls the AVX-512 instruction there and xsimd::fma everywhere else.
+template <class T, class A>
+inline xsimd::batch<T, A> fma(const xsimd::batch<T, A>& x, const xsimd::batch<T, A>& y,
+                              const xsimd::batch<T, A>& z) {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of_v<xsimd::avx512f, A>) {
+    if constexpr (std::is_same_v<T, float>) return _mm512_fmadd_ps(x, y, z);
+    if constexpr (std::is_same_v<T, double>) return _mm512_fmadd_pd(x, y, z);
+  }
+#endif
+  return xsimd::fma(x, y, z);
+}
+
 namespace detail {
 
 using batch = xsimd::batch<float>;
@@ -86,14 +102,14 @@ inline float sum_sq_dev(const float* x, std::ptrdiff_t n, float c) {
   for (const std::ptrdiff_t stop = floor_to(n, 4 * lanes); i < stop; i += 4 * lanes) {
     batch d0 = load(x + i) - cv, d1 = load(x + i + lanes) - cv;
     batch d2 = load(x + i + 2 * lanes) - cv, d3 = load(x + i + 3 * lanes) - cv;
-    s0 = xsimd::fma(d0, d0, s0);
-    s1 = xsimd::fma(d1, d1, s1);
-    s2 = xsimd::fma(d2, d2, s2);
-    s3 = xsimd::fma(d3, d3, s3);
+    s0 = simd::fma(d0, d0, s0);
+    s1 = simd::fma(d1, d1, s1);
+    s2 = simd::fma(d2, d2, s2);
+    s3 = simd::fma(d3, d3, s3);
   }
   for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes) {
     batch d = load(x + i) - cv;
-    s0 = xsimd::fma(d, d, s0);
+    s0 = simd::fma(d, d, s0);
   }
   float s = xsimd::hadd((s0 + s1) + (s2 + s3));
   for (; i < n; ++i) s += (x[i] - c) * (x[i] - c);
@@ -108,7 +124,7 @@ inline constexpr float gelu_m2k = float(-2.0 * 0.7978845608028654);
 inline constexpr float gelu_m2kc = float(-2.0 * 0.7978845608028654 * 0.044715);
 
 inline batch gelu_tanh(const batch& x) {
-  batch t = x * xsimd::fma(x * x, batch(gelu_m2kc), batch(gelu_m2k));
+  batch t = x * simd::fma(x * x, batch(gelu_m2kc), batch(gelu_m2k));
   return x / (batch(1.f) + xsimd::exp(t));
 }
 inline float gelu_tanh(float x) {
@@ -139,7 +155,7 @@ inline void scale_shift(float* y, const float* a, const float* b, std::ptrdiff_t
   using namespace detail;
   std::ptrdiff_t i = 0;
   for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
-    store(y + i, xsimd::fma(load(y + i), load(a + i), load(b + i)));
+    store(y + i, simd::fma(load(y + i), load(a + i), load(b + i)));
   for (; i < n; ++i) y[i] = std::fma(y[i], a[i], b[i]);
 }
 
@@ -209,8 +225,8 @@ inline void rotary(float* x, const float* c, const float* s, std::ptrdiff_t dh) 
   std::ptrdiff_t j = 0;
   for (const std::ptrdiff_t stop = floor_to(h, lanes); j < stop; j += lanes) {
     batch a = load(x + j), b = load(x + j + h), cv = load(c + j), sv = load(s + j);
-    store(x + j, xsimd::fma(a, cv, -(b * sv)));
-    store(x + j + h, xsimd::fma(b, cv, a * sv));
+    store(x + j, simd::fma(a, cv, -(b * sv)));
+    store(x + j + h, simd::fma(b, cv, a * sv));
   }
   for (; j < h; ++j) {
     float a = x[j], b = x[j + h];
@@ -226,8 +242,8 @@ inline void rotary_transpose(float* x, const float* c, const float* s, std::ptrd
   std::ptrdiff_t j = 0;
   for (const std::ptrdiff_t stop = floor_to(h, lanes); j < stop; j += lanes) {
     batch a = load(x + j), b = load(x + j + h), cv = load(c + j), sv = load(s + j);
-    store(x + j, xsimd::fma(a, cv, b * sv));
-    store(x + j + h, xsimd::fma(b, cv, -(a * sv)));
+    store(x + j, simd::fma(a, cv, b * sv));
+    store(x + j + h, simd::fma(b, cv, -(a * sv)));
   }
   for (; j < h; ++j) {
     float a = x[j], b = x[j + h];
@@ -241,7 +257,7 @@ inline void gated_add(float* x, const float* g, const float* y, std::ptrdiff_t n
   using namespace detail;
   std::ptrdiff_t i = 0;
   for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
-    store(x + i, xsimd::fma(load(g + i), load(y + i), load(x + i)));
+    store(x + i, simd::fma(load(g + i), load(y + i), load(x + i)));
   for (; i < n; ++i) x[i] = std::fma(g[i], y[i], x[i]);
 }
 
@@ -250,13 +266,13 @@ inline float dot(const float* a, const float* b, std::ptrdiff_t n) {
   batch s0(0.f), s1(0.f), s2(0.f), s3(0.f);
   std::ptrdiff_t i = 0;
   for (const std::ptrdiff_t stop = floor_to(n, 4 * lanes); i < stop; i += 4 * lanes) {
-    s0 = xsimd::fma(load(a + i), load(b + i), s0);
-    s1 = xsimd::fma(load(a + i + lanes), load(b + i + lanes), s1);
-    s2 = xsimd::fma(load(a + i + 2 * lanes), load(b + i + 2 * lanes), s2);
-    s3 = xsimd::fma(load(a + i + 3 * lanes), load(b + i + 3 * lanes), s3);
+    s0 = simd::fma(load(a + i), load(b + i), s0);
+    s1 = simd::fma(load(a + i + lanes), load(b + i + lanes), s1);
+    s2 = simd::fma(load(a + i + 2 * lanes), load(b + i + 2 * lanes), s2);
+    s3 = simd::fma(load(a + i + 3 * lanes), load(b + i + 3 * lanes), s3);
   }
   for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
-    s0 = xsimd::fma(load(a + i), load(b + i), s0);
+    s0 = simd::fma(load(a + i), load(b + i), s0);
   float s = xsimd::hadd((s0 + s1) + (s2 + s3));
   for (; i < n; ++i) s = std::fma(a[i], b[i], s);
   return s;
@@ -268,7 +284,7 @@ inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) {
   const batch av(alpha);
   std::ptrdiff_t i = 0;
   for (const std::ptrdiff_t stop = floor_to(n, lanes); i < stop; i += lanes)
-    store(y + i, xsimd::fma(av, load(x + i), load(y + i)));
+    store(y + i, simd::fma(av, load(x + i), load(y + i)));
   for (; i < n; ++i) y[i] = std::fma(alpha, x[i], y[i]);
 }
 

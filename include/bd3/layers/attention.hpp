@@ -316,7 +316,7 @@ void weighted_value_tile(const T* p, int64_t ldp, const T* v, int64_t ldv, int n
     for_each_index<NV>([&](auto c) { vv[c] = batch::load_unaligned(vj + c * L); });
     for_each_index<NR>([&](auto r) {
       const batch pr(p[r * ldp + j]);
-      for_each_index<NV>([&](auto c) { acc[r][c] = xsimd::fma(pr, vv[c], acc[r][c]); });
+      for_each_index<NV>([&](auto c) { acc[r][c] = kernels::simd::fma(pr, vv[c], acc[r][c]); });
     });
   }
   for_each_index<NR>([&](auto r) {
@@ -380,7 +380,7 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
       for (int d = 0; d < dv; d += L) {
         const batch qv = batch::load_unaligned(qr + d);
         for (int c = 0; c < L; ++c)
-          acc[c] = xsimd::fma(qv, batch::load_unaligned(kj + int64_t(c) * ldk + d), acc[c]);
+          acc[c] = kernels::simd::fma(qv, batch::load_unaligned(kj + int64_t(c) * ldk + d), acc[c]);
       }
       T* out = s + int64_t(r) * nk + j;
       if (dv == Dh) {
@@ -402,7 +402,7 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
       const T* qr = q + int64_t(r) * ldq;
       batch acc(T(0));
       for (int d = 0; d < dv; d += L)
-        acc = xsimd::fma(batch::load_unaligned(qr + d), batch::load_unaligned(kj + d), acc);
+        acc = kernels::simd::fma(batch::load_unaligned(qr + d), batch::load_unaligned(kj + d), acc);
       T t = xsimd::hadd(acc);
       for (int d = dv; d < Dh; ++d) t += qr[d] * kj[d];
       s[int64_t(r) * nk + j] = t * scale;
