@@ -145,6 +145,41 @@ TEST_CASE("decode attention gives the same bits with 1 and 3 threads",
   CHECK(one.second == three.second);
 }
 
+// The decode kernel tiles a block's rows in fours, pairs and singles (scores and weighted
+// values): each row's output must be the bits it gets alone, whatever the block size, or
+// the sampler's tokens would depend on how many rows share a call.
+template <class T>
+void check_rows_independent() {
+  for (int head_dim : {13, 64})
+    for (int nk : {9, 67})
+      for (int block_size : {2, 3, 4, 5, 7, 8, 16}) {
+        DecodeCase<T> c0{block_size, 1, 3, head_dim, {{0, nk}, {}}, {}, {}, {}};
+        c0.fill(unsigned(1000 + block_size + nk + head_dim));
+        const auto c = c0.as_head_major();
+        const auto all = c.template run<BlockSparseAttention>();
+        for (int i = 0; i < block_size; ++i) {
+          DecodeCase<T> one = c;
+          one.block_size = 1;
+          const size_t row = size_t(3) * c.dim();
+          one.q.assign(c.q.begin() + i * row, c.q.begin() + (i + 1) * row);
+          const auto alone = one.template run<BlockSparseAttention>();
+          INFO("head_dim " << head_dim << ", keys " << nk << ", block " << block_size << ", row "
+                           << i);
+          const std::vector<T> got(all.first.begin() + i * c.dim(),
+                                   all.first.begin() + (i + 1) * c.dim());
+          CHECK(got == alone.first);
+          for (int h = 0; h < c.n_heads; ++h)
+            CHECK(all.second[h * block_size + i] == alone.second[h]);
+        }
+      }
+}
+
+TEST_CASE("decode attention gives a row the same bits whatever the block size",
+          "[attention][decode]") {
+  check_rows_independent<float>();
+  check_rows_independent<double>();
+}
+
 // The block-sparse forward and backward mask the training mask's rows through these
 // intervals instead of asking allowed() per score: they must be the same set of keys.
 TEST_CASE("the training mask's allowed intervals are exactly its allowed keys",

@@ -232,40 +232,54 @@ int run_bench(const BenchOptions& o) {
     }
     for (auto& t : block) t = c.mask_index;
     std::vector<float> logits;
-    // Rounds of decode calls with a read-bandwidth probe before each and after the last:
-    // this machine's memory speed drifts by a third within the hour, so the fraction of
-    // the bandwidth bound needs both figures from the same stretch of time.
+    // The fraction of the bandwidth bound needs the decode rate and the machine's read
+    // bandwidth from the same stretch of time: this machine's memory speed swings between
+    // 26 and 54 GB/s from one second to the next. A call that reads more than the probe's
+    // buffer (small: 570 MB) streams from memory whatever ran before it, so each call is
+    // paired with a probe pass right after it; a call whose bytes fit in the caches (mid)
+    // would be slowed by the probe evicting them, so it runs in 5 rounds with a probe
+    // before each and after the last instead. read_gb_per_s = probe bytes / probe seconds.
     const ReadBandwidthProbe probe;
-    constexpr int rounds = 5;
-    double probe_sum = probe.gb_per_s();
-    int iters = 0;
-    double secs = 0;
-    model.forward_block(block, cache, logits);  // warm-up
-    for (int round = 0; round < rounds; ++round) {
-      const auto start = Clock::now();
-      double elapsed = 0;
-      do {
-        model.forward_block(block, cache, logits);
-        ++iters;
-        elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-      } while (elapsed < o.seconds / rounds);
-      secs += elapsed;
-      probe_sum += probe.gb_per_s();
-    }
-    const double rows = double(o.batch) * Bp;
-    const double flops =
-        rows * (c.n_blocks * (linear_flops_per_row(c) + 4.0 * L * D) + 2.0 * D * V);
     const double bytes_per_weight = storage == DecodeWeights::bf16 ? 2.0 : 4.0;
     const double weight_bytes =
         bytes_per_weight * (double(c.n_blocks) * 12.0 * D * D + double(V) * D);
     const double cache_bytes = 4.0 * 2.0 * double(c.n_blocks) * L * D * o.batch;
+    const bool paired = weight_bytes + cache_bytes >= double(ReadBandwidthProbe::bytes);
+    constexpr int rounds = 5;
+    double probe_secs = 0;
+    int probes = 0;
+    auto run_probe = [&] {
+      probe_secs += double(ReadBandwidthProbe::bytes) / 1e9 / probe.gb_per_s();
+      ++probes;
+    };
+    int iters = 0;
+    double secs = 0;
+    model.forward_block(block, cache, logits);  // warm-up
+    if (!paired) run_probe();
+    for (int round = 0; round < (paired ? 1 : rounds); ++round) {
+      const double budget = paired ? o.seconds : o.seconds / rounds;
+      double elapsed = 0;
+      do {
+        const auto start = Clock::now();
+        model.forward_block(block, cache, logits);
+        elapsed += std::chrono::duration<double>(Clock::now() - start).count();
+        ++iters;
+        if (paired) run_probe();
+      } while (elapsed < budget);
+      secs += elapsed;
+      if (!paired) run_probe();
+    }
+    const double rows = double(o.batch) * Bp;
+    const double flops =
+        rows * (c.n_blocks * (linear_flops_per_row(c) + 4.0 * L * D) + 2.0 * D * V);
     out["seconds"] = secs / iters;
     out["nfe_per_s"] = iters / secs;
     out["ms_per_nfe"] = 1e3 * secs / iters;
     out["gflops"] = flops * iters / secs / 1e9;
     out["bytes_per_nfe"] = weight_bytes + cache_bytes;
     out["gb_per_s"] = (weight_bytes + cache_bytes) * iters / secs / 1e9;
-    out["read_gb_per_s"] = probe_sum / (rounds + 1);
+    out["read_gb_per_s"] = probes * double(ReadBandwidthProbe::bytes) / probe_secs / 1e9;
+    out["bandwidth_probe"] = paired ? "after every call" : "between rounds";
     out["bandwidth_fraction"] = out["gb_per_s"].get<double>() / out["read_gb_per_s"].get<double>();
     out["decode_weights"] = o.decode_weights;
   } else if (o.what == "train") {

@@ -111,7 +111,16 @@ namespace detail {
 template <int R>
 inline constexpr int64_t prefetch_bytes = R <= 4 ? 1024 : 2048;
 
+// The packed kernel's distance. With AVX-512 a 64-byte line of a tile is one load and 4
+// FMAs for 4 rows, half the AVX2 kernel's time per line, so the same distance in time is
+// twice as many bytes; measured on a Zen 4 (2026-12-02, small's 49 decode matrices, 4 rows,
+// 2 threads, each pass paired with a read-bandwidth probe): fraction of the probe's
+// bandwidth 0.78-0.80 at 1 KiB, 0.83-0.85 at 4 KiB (2, 3, 6, 8 and 16 KiB lower) when the
+// probe read 43 GB/s; all within 0.92-0.96 when it read 33. The T0-T2 hints were no
+// better than NTA.
+
 using batch = xsimd::batch<float>;
+inline constexpr int64_t packed_prefetch_bytes = batch::size >= 16 ? 4096 : 1024;
 
 // A batch of weights as floats. bfloat16 is widened by a shift of the 16-bit lanes; with
 // AVX2 or AVX-512 in one widening load and a shift (vpmovzxwd + vpslld), else lane by lane.
@@ -324,7 +333,8 @@ void packed_rows(const float* x, int64_t K, const Wt* tile, int64_t c0, float* o
     const Wt* wk = tile + k * packed_cols + c0;
     if (c0 == 0 && k % k_per_line == 0)
       __builtin_prefetch(
-          reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(wk) + prefetch_bytes<4>), 0, 0);
+          reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(wk) + packed_prefetch_bytes), 0,
+          0);
     batch w[C];
     for (int c = 0; c < C; ++c) w[c] = load_weights(wk + c * lanes);
     for (int r = 0; r < R; ++r) {
@@ -349,15 +359,19 @@ void packed_tile(const float* x, int64_t K, const Wt* tile, float* out) {
 }
 }  // namespace detail
 
-// y[M, N] = x[M, K] W^T + b with W packed (pack_weights). Threads split the tiles; up to
-// small_m_max_rows rows read each tile once from memory; more rows go 4 at a time over
-// the tile (then in L1 or L2), 6 loads per 8 FMAs.
+// y[M, N] = x[M, K] W^T + b with W packed (pack_weights). Threads split the tiles, in
+// shrinking chunks (guided): a thread whose memory runs slower takes fewer tiles instead of
+// keeping the other waiting at the barrier (perf of a small decode call: 11 % of the time
+// in libomp's wait with a static split). Each tile's sums are one thread's whatever the
+// split, so the numbers do not depend on it. Up to small_m_max_rows rows read each tile
+// once from memory; more rows go 4 at a time over the tile (then in L1 or L2), 6 loads
+// per 8 FMAs.
 template <DecodeWeight Wt>
 void linear_packed(const float* x, int64_t M, int64_t K, const Wt* P, const float* b, int64_t N,
                    float* y) {
   const int64_t tiles = (N + packed_cols - 1) / packed_cols;
   const int64_t group = M <= small_m_max_rows ? M : 4;
-#pragma omp parallel for schedule(static) if (M * N * K > 65536)
+#pragma omp parallel for schedule(guided) if (M * N * K > 65536)
   for (int64_t t = 0; t < tiles; ++t) {
     const Wt* tile = P + t * K * packed_cols;
     const int64_t j0 = t * packed_cols, cols = std::min(packed_cols, N - j0);

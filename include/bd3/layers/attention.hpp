@@ -333,8 +333,20 @@ void weighted_value_tile_n(int nv, const T* p, int64_t ldp, const T* v, int64_t 
   weighted_value_tile<NR, NV>(p, ldp, v, ldv, nk, out, ldo);
 }
 
-// For rows r < nr: out_r[0, Dh) = sum_j p_r[j] v[j][0, Dh). Pairs of rows take tiles of
-// 2 rows x 4 vectors, a last odd row 1 x 8, then the last Dh % lanes columns go one by
+// Vector registers of the target: AVX-512 has 32, AVX2 and SSE 16. Decides how many
+// rows the decode tiles below take at once.
+template <class T>
+constexpr int vector_registers() {
+#if XSIMD_WITH_AVX512F
+  if constexpr (std::is_base_of_v<xsimd::avx512f, typename xsimd::batch<T>::arch_type>) return 32;
+#endif
+  return 16;
+}
+
+// For rows r < nr: out_r[0, Dh) = sum_j p_r[j] v[j][0, Dh). With 32 registers, quads of
+// rows take tiles of 4 rows x 4 vectors (small's 64-wide heads: each value line is read
+// from memory once for a whole block of 4 rows, instead of once per pair of rows). Pairs
+// of rows take 2 x 4, a last odd row 1 x 8, then the last Dh % lanes columns go one by
 // one. Each output is one chain over j in key order, whatever the tiling, so results do
 // not depend on the row count.
 template <class T>
@@ -343,6 +355,11 @@ void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, i
   constexpr int L = int(xsimd::batch<T>::size);
   const int dv = Dh - Dh % L;
   int r = 0;
+  if constexpr (vector_registers<T>() >= 32)
+    for (; r + 4 <= nr; r += 4)
+      for (int d = 0; d < dv; d += 4 * L)
+        weighted_value_tile_n<4, 4>(std::min(4, (dv - d) / L), p + r * ldp, ldp, v + d, ldv, nk,
+                                    out + r * ldo + d, ldo);
   for (; r + 2 <= nr; r += 2)
     for (int d = 0; d < dv; d += 4 * L)
       weighted_value_tile_n<2, 4>(std::min(4, (dv - d) / L), p + r * ldp, ldp, v + d, ldv, nk,
@@ -359,11 +376,48 @@ void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, i
     }
 }
 
+// s[r * lds + c] = scale * q_r . k_c for NQ rows q_r = q + r * ldq and NK keys
+// k_c = k + c * ldk, NQ x NK = lanes: one accumulator per (row, key), each key vector
+// loaded once for all NQ rows, the lanes accumulators reduced together (lane_sums), then
+// the last Dh % lanes terms in scalar order. Every score is the same chain of operations
+// whatever NQ and NK are, so the scores do not depend on the tiling.
+template <int NQ, int NK, class T>
+void scores_tile(const T* q, int64_t ldq, int Dh, const T* k, int64_t ldk, T scale, T* s,
+                 int64_t lds) {
+  using batch = xsimd::batch<T>;
+  constexpr int L = int(batch::size);
+  static_assert(NQ * NK == L, "scores_tile: one accumulator per lane of the reduction");
+  const int dv = Dh - Dh % L;
+  batch acc[L];
+  for_each_index<L>([&](auto i) { acc[i] = batch(T(0)); });
+  for (int d = 0; d < dv; d += L) {
+    batch kv[NK];
+    for_each_index<NK>([&](auto c) { kv[c] = batch::load_unaligned(k + c * ldk + d); });
+    for_each_index<NQ>([&](auto r) {
+      const batch qv = batch::load_unaligned(q + r * ldq + d);
+      for_each_index<NK>(
+          [&](auto c) { acc[r * NK + c] = kernels::simd::fma(qv, kv[c], acc[r * NK + c]); });
+    });
+  }
+  if (dv == Dh && NQ == 1) {
+    (kernels::simd::lane_sums(acc) * batch(scale)).store_unaligned(s);
+    return;
+  }
+  alignas(64) T sums[L];
+  kernels::simd::lane_sums(acc).store_aligned(sums);
+  for (int r = 0; r < NQ; ++r)
+    for (int c = 0; c < NK; ++c) {
+      T t = sums[r * NK + c];
+      for (int d = dv; d < Dh; ++d) t += q[r * ldq + d] * k[c * ldk + d];
+      s[r * lds + c] = t * scale;
+    }
+}
+
 // s[r * nk + j] = scale * q_r . k_j for rows q_r = q + r * ldq (r < nq) and keys
-// k_j = k + j * ldk (j < nk). A lanes-wide group of keys at a time (in L1 for every row):
-// one accumulator per key, reduced together (lane_sums) into a vector of scores, one
-// horizontal reduction per group instead of one per key. Remainders: the last Dh % lanes
-// terms, then the last nk % lanes keys, in scalar order.
+// k_j = k + j * ldk (j < nk). A lanes-wide group of keys at a time (in L1 for every row),
+// as scores_tile's of 4 rows x lanes/4 keys, then 2 x lanes/2, then 1 x lanes: the rows of
+// a block share each key line read from memory. Remainder: the last nk % lanes keys, one
+// at a time, in scalar order.
 template <class T>
 void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ldk, int nk, T scale,
                  T* s) {
@@ -373,28 +427,19 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
   int j = 0;
   for (; j + L <= nk; j += L) {
     const T* kj = k + int64_t(j) * ldk;
-    for (int r = 0; r < nq; ++r) {
-      const T* qr = q + int64_t(r) * ldq;
-      batch acc[L];
-      for (int c = 0; c < L; ++c) acc[c] = batch(T(0));
-      for (int d = 0; d < dv; d += L) {
-        const batch qv = batch::load_unaligned(qr + d);
-        for (int c = 0; c < L; ++c)
-          acc[c] = kernels::simd::fma(qv, batch::load_unaligned(kj + int64_t(c) * ldk + d), acc[c]);
-      }
-      T* out = s + int64_t(r) * nk + j;
-      if (dv == Dh) {
-        (kernels::simd::lane_sums(acc) * batch(scale)).store_unaligned(out);
-        continue;
-      }
-      alignas(64) T sums[L];
-      kernels::simd::lane_sums(acc).store_aligned(sums);
-      for (int c = 0; c < L; ++c) {
-        T t = sums[c];
-        for (int d = dv; d < Dh; ++d) t += qr[d] * kj[int64_t(c) * ldk + d];
-        out[c] = t * scale;
-      }
-    }
+    int r = 0;
+    if constexpr (L % 4 == 0)
+      for (; r + 4 <= nq; r += 4)
+        for (int c = 0; c < L; c += L / 4)
+          scores_tile<4, L / 4>(q + int64_t(r) * ldq, ldq, Dh, kj + int64_t(c) * ldk, ldk, scale,
+                                s + int64_t(r) * nk + j + c, nk);
+    if constexpr (L % 2 == 0)
+      for (; r + 2 <= nq; r += 2)
+        for (int c = 0; c < L; c += L / 2)
+          scores_tile<2, L / 2>(q + int64_t(r) * ldq, ldq, Dh, kj + int64_t(c) * ldk, ldk, scale,
+                                s + int64_t(r) * nk + j + c, nk);
+    for (; r < nq; ++r)
+      scores_tile<1, L>(q + int64_t(r) * ldq, ldq, Dh, kj, ldk, scale, s + int64_t(r) * nk + j, nk);
   }
   for (; j < nk; ++j) {
     const T* kj = k + int64_t(j) * ldk;
