@@ -111,6 +111,8 @@ namespace detail {
 template <int R>
 inline constexpr int64_t prefetch_bytes = R <= 4 ? 1024 : 2048;
 
+using batch = xsimd::batch<float>;
+
 // The packed kernel's distance. With AVX-512 a 64-byte line of a tile is one load and 4
 // FMAs for 4 rows, half the AVX2 kernel's time per line, so the same distance in time is
 // twice as many bytes; measured on a Zen 4 (2026-12-02, small's 49 decode matrices, 4 rows,
@@ -118,8 +120,6 @@ inline constexpr int64_t prefetch_bytes = R <= 4 ? 1024 : 2048;
 // bandwidth 0.78-0.80 at 1 KiB, 0.83-0.85 at 4 KiB (2, 3, 6, 8 and 16 KiB lower) when the
 // probe read 43 GB/s; all within 0.92-0.96 when it read 33. The T0-T2 hints were no
 // better than NTA.
-
-using batch = xsimd::batch<float>;
 inline constexpr int64_t packed_prefetch_bytes = batch::size >= 16 ? 4096 : 1024;
 
 // A batch of weights as floats. bfloat16 is widened by a shift of the 16-bit lanes; with
