@@ -13,7 +13,9 @@
 # Usage: scripts/threshold_study.sh [out-dir]   (default out/threshold)
 # Environment: REPRODUCE (default out/reproduce), BD3 (default build/release/bd3),
 #   TRAIN_SECONDS (default 2400), SEEDS (default "1 2 3 4"), TAUS, REVEAL_TAUS (default
-#   "1 0.9 0.7 0.5"), MIN_REVEALS (default "2 3 4"), THREADS (default nproc).
+#   "1 0.9 0.7 0.5"), MIN_REVEALS (default "2 3 4"), THREADS (default nproc), MODEL (a
+#   trained checkpoint to study instead of training one, e.g. out/threshold/bd3-16),
+#   SAMPLE_FLAGS (added to every `bd3 sample`, e.g. "--top-p 0.9").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/out/threshold}
@@ -29,9 +31,10 @@ for f in "$rep/kjv.txt" "$rep/tokenizer/vocab.json" "$rep/models/ar/checkpoint.j
   [ -e "$f" ] || { echo "threshold_study: $f is missing: run scripts/reproduce.sh first" >&2; exit 1; }
 done
 mkdir -p "$out/gen"
-model=$out/bd3-16
+model=${MODEL:-$out/bd3-16}
+read -r -a sample_flags <<<"${SAMPLE_FLAGS:-}"
 
-if [ ! -f "$model/checkpoint.json" ] || [ ! -f "$out/trained" ]; then
+if [ -z "${MODEL:-}" ] && { [ ! -f "$model/checkpoint.json" ] || [ ! -f "$out/trained" ]; }; then
   resume=()
   [ -f "$model/checkpoint.json" ] && resume=(--resume)
   "$bd3" train --data "$rep/kjv.txt" --tokenizer "$rep/tokenizer" --block-size 16 --length 128 \
@@ -54,7 +57,7 @@ gen() {
   local file=$out/gen/$tag.seed$seed
   if [ ! -s "$file.score.json" ]; then
     "$bd3" sample --model "$model" --length 128 --batch 32 --seed "$seed" --threads "$threads" \
-      --json "$@" >"$file.jsonl.tmp"
+      --json "${sample_flags[@]}" "$@" >"$file.jsonl.tmp"
     mv "$file.jsonl.tmp" "$file.jsonl"
     "$bd3" eval-gen --judge "$rep/models/ar" --samples "$file.jsonl" --threads "$threads" \
       >"$file.score.json.tmp"

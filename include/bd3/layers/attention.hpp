@@ -289,6 +289,20 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
 // 4.9 against 5.5, 16 rows 8.7 against 10.9, 32 rows 18.5 against 19.2.
 inline constexpr int decode_kernel_max_rows = 32;
 
+// How far ahead of its loads the decode attention asks for keys and values, and into which
+// cache. Two cores stream a head's keys, then its values, at about 4 cycles of FMAs per
+// line, too slowly to keep enough lines in flight for memory. On a Zen 4 (small's 12
+// layers, 4 rows, 2 threads, each pass alternating with a read-bandwidth probe; see
+// docs/benchmarks.md) it read 17-19 GB/s without prefetching when the probe read 49-54, and
+// 26-27 GB/s with prefetcht1 or prefetcht2 4-16 KiB ahead; the hints that fill L1
+// (prefetchnta, prefetcht0), which the linear kernels use, were no faster than none here,
+// and 2 KiB was too short.
+inline constexpr int64_t decode_prefetch_bytes = 4096;
+template <class T>
+inline void prefetch_to_l2(const T* p) {
+  __builtin_prefetch(reinterpret_cast<const char*>(p) + decode_prefetch_bytes, 0, 2);
+}
+
 // Calls f(std::integral_constant<int, i>{}) for i in [0, N) as straight-line code, so the
 // small arrays it indexes stay in registers (GCC turns a loop that fills or stores such an
 // array into a memset or memcpy call, which costs as much as a short pass over the keys).
@@ -302,16 +316,18 @@ inline void for_each_index(F&& f) {
 
 // For NR rows r: out_r[0, NV lanes) = sum_j p_r[j] v[j][0, NV lanes), with p_r = p + r ldp
 // and out_r = out + r ldo. Each value vector loaded serves every row; the NR x NV
-// accumulators stay in registers for the whole pass.
+// accumulators stay in registers for the whole pass. `prefetch`: on the pass that reads
+// the values from memory.
 template <int NR, int NV, class T>
 void weighted_value_tile(const T* p, int64_t ldp, const T* v, int64_t ldv, int nk, T* out,
-                         int64_t ldo) {
+                         int64_t ldo, bool prefetch) {
   using batch = xsimd::batch<T>;
   constexpr int L = int(batch::size);
   batch acc[NR][NV];
   for_each_index<NR>([&](auto r) { for_each_index<NV>([&](auto c) { acc[r][c] = batch(T(0)); }); });
   for (int j = 0; j < nk; ++j) {
     const T* vj = v + int64_t(j) * ldv;
+    if (prefetch) for_each_index<NV>([&](auto c) { prefetch_to_l2(vj + c * L); });
     batch vv[NV];
     for_each_index<NV>([&](auto c) { vv[c] = batch::load_unaligned(vj + c * L); });
     for_each_index<NR>([&](auto r) {
@@ -327,10 +343,11 @@ void weighted_value_tile(const T* p, int64_t ldp, const T* v, int64_t ldv, int n
 // weighted_value_tile<NR, nv> for a run-time nv in [1, MaxNV].
 template <int NR, int MaxNV, int NV = 1, class T>
 void weighted_value_tile_n(int nv, const T* p, int64_t ldp, const T* v, int64_t ldv, int nk, T* out,
-                           int64_t ldo) {
+                           int64_t ldo, bool prefetch) {
   if constexpr (NV < MaxNV)
-    if (nv > NV) return weighted_value_tile_n<NR, MaxNV, NV + 1>(nv, p, ldp, v, ldv, nk, out, ldo);
-  weighted_value_tile<NR, NV>(p, ldp, v, ldv, nk, out, ldo);
+    if (nv > NV)
+      return weighted_value_tile_n<NR, MaxNV, NV + 1>(nv, p, ldp, v, ldv, nk, out, ldo, prefetch);
+  weighted_value_tile<NR, NV>(p, ldp, v, ldv, nk, out, ldo, prefetch);
 }
 
 // Vector registers of the target: AVX-512 has 32, AVX2 and SSE 16. Decides how many
@@ -348,7 +365,8 @@ constexpr int vector_registers() {
 // from memory once for a whole block of 4 rows, instead of once per pair of rows). Pairs
 // of rows take 2 x 4, a last odd row 1 x 8, then the last Dh % lanes columns go one by
 // one. Each output is one chain over j in key order, whatever the tiling, so results do
-// not depend on the row count.
+// not depend on the row count. The first tile of rows prefetches the values (later ones
+// find them in L2).
 template <class T>
 void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, int nk, int Dh,
                      T* out, int64_t ldo) {
@@ -359,15 +377,15 @@ void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, i
     for (; r + 4 <= nr; r += 4)
       for (int d = 0; d < dv; d += 4 * L)
         weighted_value_tile_n<4, 4>(std::min(4, (dv - d) / L), p + r * ldp, ldp, v + d, ldv, nk,
-                                    out + r * ldo + d, ldo);
+                                    out + r * ldo + d, ldo, r == 0);
   for (; r + 2 <= nr; r += 2)
     for (int d = 0; d < dv; d += 4 * L)
       weighted_value_tile_n<2, 4>(std::min(4, (dv - d) / L), p + r * ldp, ldp, v + d, ldv, nk,
-                                  out + r * ldo + d, ldo);
+                                  out + r * ldo + d, ldo, r == 0);
   for (; r < nr; ++r)
     for (int d = 0; d < dv; d += 8 * L)
       weighted_value_tile_n<1, 8>(std::min(8, (dv - d) / L), p + r * ldp, ldp, v + d, ldv, nk,
-                                  out + r * ldo + d, ldo);
+                                  out + r * ldo + d, ldo, r == 0);
   for (r = 0; r < nr; ++r)
     for (int d = dv; d < Dh; ++d) {
       T s = T(0);
@@ -383,7 +401,7 @@ void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, i
 // whatever NQ and NK are, so the scores do not depend on the tiling.
 template <int NQ, int NK, class T>
 void scores_tile(const T* q, int64_t ldq, int Dh, const T* k, int64_t ldk, T scale, T* s,
-                 int64_t lds) {
+                 int64_t lds, bool prefetch) {
   using batch = xsimd::batch<T>;
   constexpr int L = int(batch::size);
   static_assert(NQ * NK == L, "scores_tile: one accumulator per lane of the reduction");
@@ -391,6 +409,7 @@ void scores_tile(const T* q, int64_t ldq, int Dh, const T* k, int64_t ldk, T sca
   batch acc[L];
   for_each_index<L>([&](auto i) { acc[i] = batch(T(0)); });
   for (int d = 0; d < dv; d += L) {
+    if (prefetch) for_each_index<NK>([&](auto c) { prefetch_to_l2(k + c * ldk + d); });
     batch kv[NK];
     for_each_index<NK>([&](auto c) { kv[c] = batch::load_unaligned(k + c * ldk + d); });
     for_each_index<NQ>([&](auto r) {
@@ -399,11 +418,12 @@ void scores_tile(const T* q, int64_t ldq, int Dh, const T* k, int64_t ldk, T sca
           [&](auto c) { acc[r * NK + c] = kernels::simd::fma(qv, kv[c], acc[r * NK + c]); });
     });
   }
-  if (dv == Dh && NQ == 1) {
-    (kernels::simd::lane_sums(acc) * batch(scale)).store_unaligned(s);
+  alignas(64) T sums[L];
+  if (dv == Dh) {  // one vector multiply, then each row's NK scores in one copy
+    (kernels::simd::lane_sums(acc) * batch(scale)).store_aligned(sums);
+    for_each_index<NQ>([&](auto r) { std::copy_n(sums + r * NK, NK, s + r * lds); });
     return;
   }
-  alignas(64) T sums[L];
   kernels::simd::lane_sums(acc).store_aligned(sums);
   for (int r = 0; r < NQ; ++r)
     for (int c = 0; c < NK; ++c) {
@@ -416,8 +436,8 @@ void scores_tile(const T* q, int64_t ldq, int Dh, const T* k, int64_t ldk, T sca
 // s[r * nk + j] = scale * q_r . k_j for rows q_r = q + r * ldq (r < nq) and keys
 // k_j = k + j * ldk (j < nk). A lanes-wide group of keys at a time (in L1 for every row),
 // as scores_tile's of 4 rows x lanes/4 keys, then 2 x lanes/2, then 1 x lanes: the rows of
-// a block share each key line read from memory. Remainder: the last nk % lanes keys, one
-// at a time, in scalar order.
+// a block share each key line read from memory (the first tile of rows prefetches it).
+// Remainder: the last nk % lanes keys, one at a time, in scalar order.
 template <class T>
 void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ldk, int nk, T scale,
                  T* s) {
@@ -432,14 +452,15 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
       for (; r + 4 <= nq; r += 4)
         for (int c = 0; c < L; c += L / 4)
           scores_tile<4, L / 4>(q + int64_t(r) * ldq, ldq, Dh, kj + int64_t(c) * ldk, ldk, scale,
-                                s + int64_t(r) * nk + j + c, nk);
+                                s + int64_t(r) * nk + j + c, nk, r == 0);
     if constexpr (L % 2 == 0)
       for (; r + 2 <= nq; r += 2)
         for (int c = 0; c < L; c += L / 2)
           scores_tile<2, L / 2>(q + int64_t(r) * ldq, ldq, Dh, kj + int64_t(c) * ldk, ldk, scale,
-                                s + int64_t(r) * nk + j + c, nk);
+                                s + int64_t(r) * nk + j + c, nk, r == 0);
     for (; r < nq; ++r)
-      scores_tile<1, L>(q + int64_t(r) * ldq, ldq, Dh, kj, ldk, scale, s + int64_t(r) * nk + j, nk);
+      scores_tile<1, L>(q + int64_t(r) * ldq, ldq, Dh, kj, ldk, scale, s + int64_t(r) * nk + j, nk,
+                        r == 0);
   }
   for (; j < nk; ++j) {
     const T* kj = k + int64_t(j) * ldk;
@@ -459,7 +480,7 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
 // range, so no score is masked): per head, the scores of the group's rows against all of
 // its keys, their softmax, then the weighted values, with the keys and values read in
 // place (no packing). With the KV cache's layout (each head's rows together) a head's
-// keys and values are two sequential runs, which the hardware prefetcher streams. Threads
+// keys and values are two sequential runs, prefetched into L2 (decode_prefetch_bytes). Threads
 // take contiguous ranges of heads; a head is one thread's work whatever the thread count,
 // so the numbers do not depend on it.
 template <class T>
