@@ -290,8 +290,8 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
 inline constexpr int decode_kernel_max_rows = 32;
 
 // How far ahead of its loads the decode attention asks for keys and values, and into which
-// cache. Two cores stream a head's keys, then its values, at about 4 cycles of FMAs per
-// line, too slowly to keep enough lines in flight for memory. On a Zen 4 (small's 12
+// cache. Each line of keys costs a row's FMAs and its share of the reductions, so the
+// out-of-order window alone holds too few lines in flight for memory. On a Zen 4 (small's 12
 // layers, 4 rows, 2 threads, each pass alternating with a read-bandwidth probe; see
 // docs/benchmarks.md) it read 17-19 GB/s without prefetching when the probe read 49-54, and
 // 26-27 GB/s with prefetcht1 or prefetcht2 4-16 KiB ahead; the hints that fill L1
