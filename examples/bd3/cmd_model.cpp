@@ -8,6 +8,7 @@
 #include <omp.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -248,10 +249,15 @@ int run_bench(const BenchOptions& o) {
     constexpr int rounds = 5;
     double probe_secs = 0;
     int probes = 0;
+    double last_probe_gb_per_s = 0;
     auto run_probe = [&] {
-      probe_secs += double(ReadBandwidthProbe::bytes) / 1e9 / probe.gb_per_s();
+      last_probe_gb_per_s = probe.gb_per_s();
+      probe_secs += double(ReadBandwidthProbe::bytes) / 1e9 / last_probe_gb_per_s;
       ++probes;
     };
+    // Paired: each call's own fraction (its bytes per second over the probe right after
+    // it), so calls from the machine's fast and slow stretches are not averaged together.
+    std::vector<double> call_fractions;
     int iters = 0;
     double secs = 0;
     model.forward_block(block, cache, logits);  // warm-up
@@ -262,9 +268,14 @@ int run_bench(const BenchOptions& o) {
       do {
         const auto start = Clock::now();
         model.forward_block(block, cache, logits);
-        elapsed += std::chrono::duration<double>(Clock::now() - start).count();
+        const double call_secs = std::chrono::duration<double>(Clock::now() - start).count();
+        elapsed += call_secs;
         ++iters;
-        if (paired) run_probe();
+        if (paired) {
+          run_probe();
+          call_fractions.push_back((weight_bytes + cache_bytes) / call_secs / 1e9 /
+                                   last_probe_gb_per_s);
+        }
       } while (elapsed < budget);
       secs += elapsed;
       if (!paired) run_probe();
@@ -281,6 +292,13 @@ int run_bench(const BenchOptions& o) {
     out["read_gb_per_s"] = probes * double(ReadBandwidthProbe::bytes) / probe_secs / 1e9;
     out["bandwidth_probe"] = paired ? "after every call" : "between rounds";
     out["bandwidth_fraction"] = out["gb_per_s"].get<double>() / out["read_gb_per_s"].get<double>();
+    if (!call_fractions.empty()) {
+      std::sort(call_fractions.begin(), call_fractions.end());
+      const size_t n = call_fractions.size();
+      out["call_fraction"] = {{"min", call_fractions.front()},
+                              {"median", call_fractions[n / 2]},
+                              {"max", call_fractions.back()}};
+    }
     out["decode_weights"] = o.decode_weights;
   } else if (o.what == "train") {
     // One training step's forward + backward (loss_and_gradient) at batch x model_length.

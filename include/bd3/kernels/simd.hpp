@@ -289,22 +289,36 @@ inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) {
 }
 
 // Lane c of the result is the sum of the lanes of rows[c] (rows[0 .. lanes)): xsimd's haddp,
-// except on AVX-512 with float, where xsimd 8.1's haddp swaps lanes 2-3 with 4-5 and 10-11
-// with 12-13; there each row's two 256-bit halves are added and two AVX2 haddp finish.
+// except on AVX-512 with float. There (xsimd 8.1's haddp also swaps lanes 2-3 with 4-5 and
+// 10-11 with 12-13) a tree of 512-bit shuffles halves the vector count at each level: 16 -> 8
+// adding 256-bit halves, 8 -> 4 adding 128-bit quarters, 4 -> 2 adding 64-bit pairs, 2 -> 1
+// adding neighbours; 45 instructions where extracting the halves and two 256-bit haddp took
+// about 80, and the decode attention's scores spend as many on these sums as on their FMAs.
+// The tree leaves row rows[in[c]] in lane c for in = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, ...},
+// so the rows are fed in the order that makes it the identity.
 template <class T, class A>
 xsimd::batch<T, A> lane_sums(const xsimd::batch<T, A>* rows) {
 #if XSIMD_WITH_AVX512F
   if constexpr (std::is_same_v<T, float> && std::is_base_of_v<xsimd::avx512f, A>) {
-    using half = xsimd::batch<float, xsimd::avx2>;
-    half halves[16];
-    for (int c = 0; c < 16; ++c) {
-      const __m512 r = rows[c];
-      halves[c] = half(_mm512_castps512_ps256(r)) +
-                  half(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1)));
+    constexpr int feed[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+    __m512 halves[8], quarters[4], pairs[2];
+    for (int i = 0; i < 8; ++i) {  // [a lo256 + a hi256, b lo256 + b hi256]
+      const __m512 a = rows[feed[i]], b = rows[feed[i + 8]];
+      halves[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                                _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
     }
-    const __m256 lo = xsimd::haddp(halves), hi = xsimd::haddp(halves + 8);
-    return _mm512_castpd_ps(
-        _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(lo)), _mm256_castps_pd(hi), 1));
+    for (int i = 0; i < 4; ++i) {  // quarters: [a q0+q1, a' q0+q1 .. ] per source
+      const __m512 a = halves[i], b = halves[i + 4];
+      quarters[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    }
+    for (int i = 0; i < 2; ++i) {  // in each quarter: 2 lanes of one source, 2 of another
+      const __m512d a = _mm512_castps_pd(quarters[i]), b = _mm512_castps_pd(quarters[i + 2]);
+      pairs[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                               _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    return _mm512_add_ps(_mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_ps(pairs[0], pairs[1], _MM_SHUFFLE(3, 1, 3, 1)));
   }
 #endif
   return xsimd::haddp(rows);
