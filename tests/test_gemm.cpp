@@ -167,7 +167,8 @@ TEST_CASE("a row's result does not depend on the rows beside it", "[kernels][bat
     }
 }
 
-TEST_CASE("linear_packed: its scalar twin, rows alone, bfloat16 bits", "[kernels][packed]") {
+TEST_CASE("linear_packed: its scalar twin, rows alone, bfloat16 bits, GELU epilogue",
+          "[kernels][packed]") {
   // Packed weights (pack_weights: tiles of packed_cols columns, zeros past N): the SIMD
   // kernel equals the scalar twin on the same tiles; each row gets the same bits whatever
   // rows share the call (one pass per tile up to 8 rows, groups of 4 beyond); bfloat16
@@ -209,6 +210,16 @@ TEST_CASE("linear_packed: its scalar twin, rows alone, bfloat16 bits", "[kernels
         k::simd::linear_packed(x.data(), M, K, P16.data(), bp, N, part.data());
         k::simd::linear_packed(x.data(), M, K, widened.data(), bp, N, all.data());
         for (int i = 0; i < M * N; ++i) REQUIRE(part[i] == all[i]);
+        // The GELU epilogue: the bits of linear_packed and then a gelu_tanh pass over each
+        // row, for every row count (whole tiles in registers, the partial one after).
+        for (int r = 1; r <= M; r += (r < 9 ? 1 : 12)) {
+          std::vector<float> fused(size_t(r) * N), apart(size_t(r) * N);
+          k::simd::linear_packed(x.data(), r, K, P.data(), bp, N, apart.data());
+          for (int i = 0; i < r; ++i)
+            k::simd::gelu_tanh(apart.data() + i * N, apart.data() + i * N, N);
+          k::simd::linear_packed_gelu(x.data(), r, K, P.data(), bp, N, fused.data());
+          for (size_t i = 0; i < fused.size(); ++i) REQUIRE(fused[i] == apart[i]);
+        }
       }
     }
 }

@@ -317,11 +317,17 @@ void linear_few_rows(const float* x, int64_t M, int64_t K, const Wt* W, const fl
     linear_tiled(x, M, K, W, b, N, y);
 }
 
+// What linear_packed applies to each output after the bias: nothing, or gelu_tanh (the
+// MLP's first layer in decode calls: the activation computed from the accumulators, on
+// every thread, instead of in a pass of its own on one; the same function on the same
+// values, so the same bits as linear_packed and then gelu_tanh).
+enum class Epilogue { none, gelu_tanh };
+
 namespace detail {
 // Rows x[0..R) (row stride K) against one packed tile, columns [c0, c0 + C * lanes) of it:
-// R x C accumulators, one FMA chain over k each. y[r * ldy + c] = the sums + b[c] (b may be
-// null): the tile's outputs, written as vectors.
-template <int R, int C, class Wt>
+// R x C accumulators, one FMA chain over k each. y[r * ldy + c] = Ep(the sums + b[c]) (b
+// may be null): the tile's outputs, written as vectors.
+template <int R, int C, class Wt, Epilogue Ep = Epilogue::none>
 void packed_rows(const float* x, int64_t K, const Wt* tile, int64_t c0, const float* b, float* y,
                  int64_t ldy) {
   constexpr int64_t lanes = batch::size;
@@ -346,20 +352,24 @@ void packed_rows(const float* x, int64_t K, const Wt* tile, int64_t c0, const fl
   }
   for (int c = 0; c < C; ++c) {
     const batch bias = b ? batch::load_unaligned(b + c0 + c * lanes) : batch(0.0f);
-    for (int r = 0; r < R; ++r) (acc[r][c] + bias).store_unaligned(y + r * ldy + c0 + c * lanes);
+    for (int r = 0; r < R; ++r) {
+      batch out = acc[r][c] + bias;
+      if constexpr (Ep == Epilogue::gelu_tanh) out = gelu_tanh(out);
+      out.store_unaligned(y + r * ldy + c0 + c * lanes);
+    }
   }
 }
 
 // All packed_cols columns of a tile for R rows, C batches at a time: at most 8 accumulators
 // (16 vector registers hold them, the weights and the broadcast).
-template <int R, class Wt>
+template <int R, class Wt, Epilogue Ep = Epilogue::none>
 void packed_tile(const float* x, int64_t K, const Wt* tile, const float* b, float* y, int64_t ldy) {
   constexpr int64_t per_tile = packed_cols / int64_t(batch::size);
   static_assert(per_tile >= 1 && packed_cols % int64_t(batch::size) == 0,
                 "packed_tile: a tile row holds whole batches");
   constexpr int64_t C = std::min<int64_t>(per_tile, std::max(1, 8 / R));
   for (int64_t c0 = 0; c0 < packed_cols; c0 += C * int64_t(batch::size))
-    packed_rows<R, int(C), Wt>(x, K, tile, c0, b, y, ldy);
+    packed_rows<R, int(C), Wt, Ep>(x, K, tile, c0, b, y, ldy);
 }
 }  // namespace detail
 
@@ -369,11 +379,12 @@ void packed_tile(const float* x, int64_t K, const Wt* tile, const float* b, floa
 // in libomp's wait with a static split). Each tile's sums are one thread's whatever the
 // split, so the numbers do not depend on it. Up to small_m_max_rows rows read each tile
 // once from memory; more rows go 4 at a time over the tile (then in L1 or L2), 6 loads
-// per 8 FMAs. A whole tile's outputs go straight from the accumulators to y; only the last,
-// partial tile goes through a buffer. (Through a buffer for every tile, stored as vectors
-// and read back as floats, the 49 matrices of a `small` decode call, 4 rows, ran at 0.70 of
-// the read bandwidth against 0.81 straight to y when the machine read 55 GB/s.)
-template <DecodeWeight Wt>
+// per 8 FMAs. The row count's kernel is picked once, outside the loop, and a whole tile's
+// outputs go from the accumulators (+ bias) straight into y; only the last, partial tile
+// goes through a buffer. (With the kernel picked per tile and every tile stored through a
+// buffer, the 49 matrices of a `small` decode call, 4 rows, ran at 0.69-0.74 of the read
+// bandwidth when the machine read 52-55 GB/s; now 0.80-0.83. docs/benchmarks.md.)
+template <DecodeWeight Wt, Epilogue Ep = Epilogue::none>
 void linear_packed(const float* x, int64_t M, int64_t K, const Wt* P, const float* b, int64_t N,
                    float* y) {
   const int64_t tiles = (N + packed_cols - 1) / packed_cols;
@@ -383,12 +394,17 @@ void linear_packed(const float* x, int64_t M, int64_t K, const Wt* P, const floa
     const int64_t j0 = t * packed_cols, cols = std::min(packed_cols, N - j0);
     const float* bj = b ? b + j0 : nullptr;
     const float* xr = x + r0 * K;
-    if (cols == packed_cols) return detail::packed_tile<R, Wt>(xr, K, tile, bj, y + r0 * N + j0, N);
+    if (cols == packed_cols)
+      return detail::packed_tile<R, Wt, Ep>(xr, K, tile, bj, y + r0 * N + j0, N);
     alignas(64) float out[R * packed_cols];
     detail::packed_tile<R, Wt>(xr, K, tile, nullptr, out, packed_cols);
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t c = 0; c < cols; ++c)
-        y[(r0 + r) * N + j0 + c] = out[r * packed_cols + c] + (bj ? bj[c] : 0.0f);
+    for (int64_t r = 0; r < R; ++r) {
+      float* yr = y + (r0 + r) * N + j0;
+      for (int64_t c = 0; c < cols; ++c) yr[c] = out[r * packed_cols + c] + (bj ? bj[c] : 0.0f);
+      // j0 is a multiple of the lanes, so this splits the columns into vectors and a
+      // scalar tail exactly where a gelu_tanh pass over the whole row would.
+      if constexpr (Ep == Epilogue::gelu_tanh) gelu_tanh(yr, yr, cols);
+    }
   };
   if (M <= small_m_max_rows)
     return detail::with_row_count(M, [&]<int R> {
@@ -402,6 +418,13 @@ void linear_packed(const float* x, int64_t M, int64_t K, const Wt* P, const floa
     if (r0 < M)
       detail::with_row_count(M - r0, [&]<int R> { tile_rows.template operator()<R>(t, r0); });
   }
+}
+
+// linear_packed, then gelu_tanh on every output (Epilogue::gelu_tanh).
+template <DecodeWeight Wt>
+void linear_packed_gelu(const float* x, int64_t M, int64_t K, const Wt* P, const float* b,
+                        int64_t N, float* y) {
+  linear_packed<Wt, Epilogue::gelu_tanh>(x, M, K, P, b, N, y);
 }
 }  // namespace simd
 

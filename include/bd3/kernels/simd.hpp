@@ -293,9 +293,9 @@ inline void axpy(float alpha, const float* x, float* y, std::ptrdiff_t n) {
 // 10-11 with 12-13) a tree of 512-bit shuffles halves the vector count at each level: 16 -> 8
 // adding 256-bit halves, 8 -> 4 adding 128-bit quarters, 4 -> 2 adding 64-bit pairs, 2 -> 1
 // adding neighbours; 45 instructions where extracting the halves and two 256-bit haddp took
-// about 80, and the decode attention's scores spend as many on these sums as on their FMAs.
-// The tree leaves row rows[in[c]] in lane c for in = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, ...},
-// so the rows are fed in the order that makes it the identity.
+// about 80 (the decode attention's scores spent as many on these sums as on their FMAs).
+// The tree's levels interleave its inputs' lanes; fed the rows in the order `feed`, it puts
+// the sum of rows[c] in lane c (test_kernels checks every lane).
 template <class T, class A>
 xsimd::batch<T, A> lane_sums(const xsimd::batch<T, A>* rows) {
 #if XSIMD_WITH_AVX512F

@@ -524,23 +524,34 @@ class BlockDiffusionModel {
   }
 
   // A linear layer of a decode call: W at `w_offset` in the flat parameters, or its packed
-  // copy when the model decodes with packed or bf16 weights.
+  // copy when the model decodes with packed or bf16 weights. `gelu`: y = gelu_tanh of the
+  // outputs (in the packed kernel's epilogue, else a pass after it; the same bits).
   void decode_linear(const Scalar* x, int64_t N, int64_t in, int64_t w_offset, const Scalar* b,
-                     int64_t out, Scalar* y) const {
+                     int64_t out, Scalar* y, bool gelu = false) const {
     if constexpr (std::is_same_v<Scalar, float>) {
       if (decode_weights_ != DecodeWeights::f32) {
         const auto it = std::lower_bound(packed_offsets_.begin(), packed_offsets_.end(),
                                          std::pair<int64_t, int64_t>{w_offset, 0});
         if (it == packed_offsets_.end() || it->first != w_offset)
           fail("decode: no packed copy of the weights at offset " + std::to_string(w_offset));
+        auto run = [&](const auto* P) {
+          if (gelu)
+            kernels::simd::linear_packed_gelu(x, N, in, P, b, out, y);
+          else
+            kernels::simd::linear_packed(x, N, in, P, b, out, y);
+        };
         if (decode_weights_ == DecodeWeights::bf16)
-          kernels::simd::linear_packed(x, N, in, packed_bf16_.data() + it->second, b, out, y);
+          run(packed_bf16_.data() + it->second);
         else
-          kernels::simd::linear_packed(x, N, in, packed_f32_.data() + it->second, b, out, y);
+          run(packed_f32_.data() + it->second);
         return;
       }
     }
     linear(x, N, in, param(w_offset), b, out, y, true);
+    if (gelu) {
+#pragma omp parallel for schedule(static) if (N * out > 32768)
+      for (int64_t i = 0; i < N; ++i) kernels::gelu_tanh<Scalar>(y + i * out, y + i * out, out);
+    }
   }
 
   // The packed copies of the matrices decode calls stream (empty with DecodeWeights::f32).
@@ -622,7 +633,7 @@ class BlockDiffusionModel {
     } else {
       mask.ranges[0] = {0, cached + Bp};
     }
-    std::vector<Scalar> h(N * D), qkv(N * 3 * D), att(N * D), proj(N * D), pre(N * F), act(N * F);
+    std::vector<Scalar> h(N * D), qkv(N * 3 * D), att(N * D), proj(N * D), act(N * F);
     for (int l = 0; l < config_.n_blocks; ++l) {
       const auto& o = layout_.layers[l];
       const auto& m = mods_[l];
@@ -665,10 +676,7 @@ class BlockDiffusionModel {
       decode_linear(att.data(), N, D, o.attn_out, nullptr, D, proj.data());
       gate_add(x.data(), N, D, m.gate1.data(), proj.data());
       norm_modulate(x.data(), N, D, m.a2.data(), m.shift2.data(), h.data(), nullptr, nullptr);
-      decode_linear(h.data(), N, D, o.mlp0_w, param(o.mlp0_b), F, pre.data());
-#pragma omp parallel for schedule(static) if (N * F > 32768)
-      for (int64_t i = 0; i < N; ++i)
-        kernels::gelu_tanh<Scalar>(pre.data() + i * F, act.data() + i * F, F);
+      decode_linear(h.data(), N, D, o.mlp0_w, param(o.mlp0_b), F, act.data(), /*gelu=*/true);
       decode_linear(act.data(), N, F, o.mlp2_w, param(o.mlp2_b), D, proj.data());
       gate_add(x.data(), N, D, m.gate2.data(), proj.data());
     }
