@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -220,6 +221,9 @@ TEST_CASE("linear_packed: its scalar twin, rows alone, bfloat16 bits, GELU epilo
           k::simd::linear_packed_gelu(x.data(), r, K, P.data(), bp, N, fused.data());
           for (size_t i = 0; i < fused.size(); ++i) REQUIRE(fused[i] == apart[i]);
         }
+        std::fill(part.begin(), part.end(), 7.0f);  // no rows: y untouched
+        k::simd::linear_packed(x.data(), 0, K, P.data(), bp, N, part.data());
+        REQUIRE(std::count(part.begin(), part.end(), 7.0f) == std::ptrdiff_t(part.size()));
       }
     }
 }

@@ -156,6 +156,18 @@ TEST_CASE("cached and uncached sampling draw the same tokens past the window", "
   }
 }
 
+TEST_CASE("decode calls without tokens are refused", "[sample][kv]") {
+  const auto cfg = tiny_config(12, 16, 4);
+  auto model = random_model<Model<>>(cfg, 7, 0.5);
+  KVCache<float> cache(cfg, 1);
+  std::vector<float> logits;
+  REQUIRE_THROWS_WITH(model.forward_block({}, cache, logits),
+                      "decode: expected batch x block_size = 4 tokens, got 0");
+  REQUIRE_THROWS_WITH(model.commit_block({}, cache),
+                      "decode: expected batch x block_size = 4 tokens, got 0");
+  CHECK(cache.length() == 0);
+}
+
 TEST_CASE("fused commits give the same tokens and save every commit call", "[sample][fused]") {
   const auto cfg = tiny_config(12, 16, 4);
   auto model = random_model<Model<>>(cfg, 8, 0.5);

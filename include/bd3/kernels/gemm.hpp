@@ -387,6 +387,7 @@ void packed_tile(const float* x, int64_t K, const Wt* tile, const float* b, floa
 template <DecodeWeight Wt, Epilogue Ep = Epilogue::none>
 void linear_packed(const float* x, int64_t M, int64_t K, const Wt* P, const float* b, int64_t N,
                    float* y) {
+  if (M <= 0) return;  // (with_row_count would take 0 rows for 8)
   const int64_t tiles = (N + packed_cols - 1) / packed_cols;
   // Rows [r0, r0 + R) against tile t: straight into y when the tile is whole.
   auto tile_rows = [&]<int R>(int64_t t, int64_t r0) {

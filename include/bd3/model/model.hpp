@@ -609,6 +609,9 @@ class BlockDiffusionModel {
     check_tokens(commit);
     check_tokens(tokens);
     const int groups = int(!commit.empty()) + int(!tokens.empty());
+    if (groups == 0)
+      fail("decode: expected batch x block_size = " + std::to_string(batch * Bp) +
+           " tokens, got 0");
     const int R = groups * Bp;  // rows per sequence
     const int64_t N = int64_t(batch) * R;
     std::vector<Scalar> x(N * D);
