@@ -3,6 +3,7 @@
 //    length 256, block 4), one 256-token sequence per sequence per iteration, for
 //    first-hitting, DDPM (T = block size), threshold (tau 0.9 and 0.5), with and without
 //    the KV cache, with and without fused commits, batch 1 and 4;
+//  * BM_sample_mid_past_window: "mid", 1024 tokens (four windows), batch 1 and 4;
 //  * BM_sample_small: the official "small" size (hidden 768, 12 layers, 12 heads, vocab
 //    50258, length 1024, block 4), first-hitting with KV cache and fused commits.
 // Counters: tokens_per_s = generated tokens (all sequences) / wall time;
@@ -106,6 +107,22 @@ BENCHMARK(BM_sample_mid)
     ->ArgNames({"method", "kv", "fused", "batch"})
     ->ArgsProduct({{0, 1, 2, 3, 4}, {1}, {0, 1}, {1, 4}})
     ->ArgsProduct({{0, 1, 2, 3, 4}, {0}, {0}, {1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+// Sampling four windows long on "mid" (1024 tokens, window 256): 192 of the 256 blocks are
+// committed to a full cache, whose window then slides (kv_cache.hpp).
+void BM_sample_mid_past_window(benchmark::State& state) {
+  bd3::sample::SamplerOptions o;
+  o.length = 1024;
+  o.batch = int(state.range(0));
+  state.SetLabel("first_hitting kv fused batch " + std::to_string(o.batch));
+  run(state, "mid", o);
+}
+BENCHMARK(BM_sample_mid_past_window)
+    ->ArgNames({"batch"})
+    ->Arg(1)
+    ->Arg(4)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

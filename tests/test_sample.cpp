@@ -156,6 +156,47 @@ TEST_CASE("cached and uncached sampling draw the same tokens past the window", "
   }
 }
 
+TEST_CASE("the KV cache window holds the last committed rows, in order", "[sample][kv]") {
+  // Each scratch row gets a value naming its position, layer, sequence, head and lane;
+  // after every commit the window's rows must be the newest ones, oldest first. 40 blocks
+  // through a window of 16 (block 4): the window start moves and is copied back to the
+  // front of the buffers many times.
+  const auto cfg = tiny_config(12, 16, 4, 8, 2, 2);
+  const int Bp = cfg.block_size, H = cfg.n_heads, Dh = cfg.head_dim();
+  KVCache<double> cache(cfg, 2);
+  auto tag = [&](int64_t pos, int l, int b, int h, int d, bool value) {
+    return double(pos) * 1000 + l * 100 + b * 10 + h + d * 0.01 + (value ? 0.5 : 0.0);
+  };
+  for (int step = 0; step < 40; ++step) {
+    const int64_t first = cache.next_position();
+    for (int l = 0; l < cfg.n_blocks; ++l)
+      for (int b = 0; b < 2; ++b)
+        for (int h = 0; h < H; ++h)
+          for (int r = 0; r < Bp; ++r)
+            for (int d = 0; d < Dh; ++d) {
+              const int64_t at = h * cache.head_stride() + int64_t(cache.length() + r) * Dh + d;
+              cache.keys(l, b)[at] = tag(first + r, l, b, h, d, false);
+              cache.values(l, b)[at] = tag(first + r, l, b, h, d, true);
+            }
+    cache.commit_scratch();
+    const int n = std::min(int(cache.next_position()), cfg.model_length - Bp);
+    REQUIRE(cache.length() == n);
+    int wrong = 0;
+    for (int l = 0; l < cfg.n_blocks; ++l)
+      for (int b = 0; b < 2; ++b)
+        for (int h = 0; h < H; ++h)
+          for (int i = 0; i < n; ++i)
+            for (int d = 0; d < Dh; ++d) {
+              const int64_t pos = cache.next_position() - n + i;
+              const int64_t at = h * cache.head_stride() + int64_t(i) * Dh + d;
+              wrong += cache.keys(l, b)[at] != tag(pos, l, b, h, d, false);
+              wrong += cache.values(l, b)[at] != tag(pos, l, b, h, d, true);
+            }
+    INFO("after commit " << step);
+    CHECK(wrong == 0);
+  }
+}
+
 TEST_CASE("decode calls without tokens are refused", "[sample][kv]") {
   const auto cfg = tiny_config(12, 16, 4);
   auto model = random_model<Model<>>(cfg, 7, 0.5);
