@@ -3,7 +3,7 @@
 # preset: our own targets instrumented, -fno-sanitize-recover, leak checking on).
 # clang at -O1 -g1: GCC's -O2 -g build of the same took 3.5x as long to compile and its
 # tests ran 3x slower (xsimd's functions stay out of line under GCC's ASan), which pushed
-# CI past its 90 minutes; scripts/gcc_check.sh keeps GCC in CI.
+# CI past its 90 minutes; scripts/gcc_test.sh keeps GCC in CI (an optimised build).
 # Usage: scripts/asan.sh [ctest-args...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Builds bd3 and runs every test (ctest). Usage: scripts/test.sh [build-dir]
+# CXX picks the compiler (default clang++), CXXFLAGS adds flags (scripts/gcc_test.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$root/build/release}
@@ -11,7 +12,7 @@ export BD3_CORPUS=${BD3_CORPUS:-$build/corpus/kjv.txt}
 # registers and re-loaded operands, which costs the forward and training passes a quarter
 # of their speed (docs/benchmarks.md, "Compilers").
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_CXX_COMPILER="${CXX:-clang++}" >/dev/null
+  -DCMAKE_CXX_COMPILER="${CXX:-clang++}" -DCMAKE_CXX_FLAGS="${CXXFLAGS:-}" >/dev/null
 cmake --build "$build" -j "$(nproc)"
 cd "$build"
 ctest --output-on-failure -j "$(nproc)"

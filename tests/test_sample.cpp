@@ -160,8 +160,10 @@ TEST_CASE("the KV cache window holds the last committed rows, in order", "[sampl
   // Each scratch row gets a value naming its position, layer, sequence, head and lane;
   // after every commit the window's rows must be the newest ones, oldest first. 40 blocks
   // through a window of 16 (block 4): the window start moves and is copied back to the
-  // front of the buffers many times.
-  const auto cfg = tiny_config(12, 16, 4, 8, 2, 2);
+  // front of the buffers many times. Also blocks of 1 and of the whole window (MDLM).
+  const int block_size = GENERATE(4, 1, 16);
+  INFO("block size " << block_size);
+  const auto cfg = tiny_config(12, 16, block_size, 8, 2, 2);
   const int Bp = cfg.block_size, H = cfg.n_heads, Dh = cfg.head_dim();
   KVCache<double> cache(cfg, 2);
   auto tag = [&](int64_t pos, int l, int b, int h, int d, bool value) {

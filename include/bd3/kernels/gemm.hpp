@@ -20,6 +20,9 @@
 // until it retires, behind the oldest W miss): on `small`'s 49 decode matrices, 4 rows,
 // 2 threads, 0.94-1.02 of the machine's read bandwidth against 0.78-0.89 row by row.
 // Every output is one FMA chain over k in order, then the bias, whatever the row count.
+// Scalar tails call std::fma, not `s += a * b`: whether a compiler fuses that depends on
+// it and its flags (GCC fuses in its GNU modes, not in ISO ones; clang within an
+// expression), and the bit-for-bit claims above must not.
 // W may be float or bfloat16 (kernels/bfloat16.hpp): a bfloat16 weight is widened to float
 // exactly before the same FMA, so the bfloat16 kernels give bit for bit what the float
 // kernels give on the widened weights, from half the bytes.
@@ -27,6 +30,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -66,7 +70,7 @@ void linear_small_m(const T* x, int64_t M, int64_t K, const Wt* W, const T* b, i
   for (int64_t j = 0; j < N; ++j)
     for (int64_t r = 0; r < M; ++r) {
       T s = b ? b[j] : T(0);
-      for (int64_t k = 0; k < K; ++k) s += x[r * K + k] * T(widen(W[j * K + k]));
+      for (int64_t k = 0; k < K; ++k) s = std::fma(x[r * K + k], T(widen(W[j * K + k])), s);
       y[r * N + j] = s;
     }
 }
@@ -76,7 +80,8 @@ void linear_packed(const T* x, int64_t M, int64_t K, const Wt* P, const T* b, in
   for (int64_t j = 0; j < N; ++j)
     for (int64_t r = 0; r < M; ++r) {
       T s = T(0);
-      for (int64_t k = 0; k < K; ++k) s += x[r * K + k] * T(widen(P[packed_index(j, k, K)]));
+      for (int64_t k = 0; k < K; ++k)
+        s = std::fma(x[r * K + k], T(widen(P[packed_index(j, k, K)])), s);
       y[r * N + j] = s + (b ? b[j] : T(0));
     }
 }
@@ -190,7 +195,7 @@ void dot_rows(const float* x, int64_t K, const Wt* w, float* out) {
   }
   for (int r = 0; r < R; ++r) {
     float s = xsimd::hadd(acc[r]);
-    for (int64_t kk = k; kk < K; ++kk) s += x[r * K + kk] * widen(w[kk]);
+    for (int64_t kk = k; kk < K; ++kk) s = std::fma(x[r * K + kk], widen(w[kk]), s);
     out[r] = s;
   }
 }
@@ -228,7 +233,7 @@ void dot_tile(const float* x, int64_t K, const Wt* w, const float* b, float* y, 
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) {
       float s = xsimd::hadd(acc[r][c]);
-      for (int64_t kk = k; kk < K; ++kk) s += x[r * K + kk] * widen(w[c * K + kk]);
+      for (int64_t kk = k; kk < K; ++kk) s = std::fma(x[r * K + kk], widen(w[c * K + kk]), s);
       y[r * ldy + c] = s + (b ? b[c] : 0.0f);
     }
 }

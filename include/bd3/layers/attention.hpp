@@ -389,7 +389,7 @@ void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, i
   for (r = 0; r < nr; ++r)
     for (int d = dv; d < Dh; ++d) {
       T s = T(0);
-      for (int j = 0; j < nk; ++j) s += p[r * ldp + j] * v[int64_t(j) * ldv + d];
+      for (int j = 0; j < nk; ++j) s = std::fma(p[r * ldp + j], v[int64_t(j) * ldv + d], s);
       out[r * ldo + d] = s;
     }
 }
@@ -398,8 +398,9 @@ void weighted_values(const T* p, int64_t ldp, int nr, const T* v, int64_t ldv, i
 // k_c = k + c * ldk, NQ x NK = lanes: one accumulator per (row, key), each key vector
 // loaded once for all NQ rows, the lanes accumulators reduced together (lane_sums), then
 // the last Dh % lanes terms in scalar order. Every score is the same chain of operations
-// whatever NQ and NK are, so the scores do not depend on the tiling. StaticDh: the head
-// dimension as a constant (0: Dh at run time).
+// whatever NQ and NK are, so the scores do not depend on the tiling (the scalar tails
+// call std::fma, as in kernels/gemm.hpp, so no compiler flag decides whether they fuse).
+// StaticDh: the head dimension as a constant (0: Dh at run time).
 template <int NQ, int NK, int StaticDh, class T>
 void scores_tile(const T* q, int64_t ldq, int head_dim, const T* k, int64_t ldk, T scale, T* s,
                  int64_t lds, bool prefetch) {
@@ -430,7 +431,7 @@ void scores_tile(const T* q, int64_t ldq, int head_dim, const T* k, int64_t ldk,
   for (int r = 0; r < NQ; ++r)
     for (int c = 0; c < NK; ++c) {
       T t = sums[r * NK + c];
-      for (int d = dv; d < Dh; ++d) t += q[r * ldq + d] * k[c * ldk + d];
+      for (int d = dv; d < Dh; ++d) t = std::fma(q[r * ldq + d], k[c * ldk + d], t);
       s[r * lds + c] = t * scale;
     }
 }
@@ -472,7 +473,7 @@ void scores_rows(const T* q, int64_t ldq, int nq, int Dh, const T* k, int64_t ld
       for (int d = 0; d < dv; d += L)
         acc = kernels::simd::fma(batch::load_unaligned(qr + d), batch::load_unaligned(kj + d), acc);
       T t = xsimd::hadd(acc);
-      for (int d = dv; d < Dh; ++d) t += qr[d] * kj[d];
+      for (int d = dv; d < Dh; ++d) t = std::fma(qr[d], kj[d], t);
       s[int64_t(r) * nk + j] = t * scale;
     }
   }

@@ -38,8 +38,11 @@ class KVCache {
     block_size_ = c.block_size;
     batch_ = batch;
     // A quarter of the window, whole blocks: the copy costs 1/64 of one per commit for
-    // `small` (window 1024, block 4) for 25 % more memory.
-    slack_ = std::max(block_size_, (window_ / 4) / block_size_ * block_size_);
+    // `small` (window 1024, block 4) for 25 % more memory. None when the block is the whole
+    // window (MDLM): no row is ever kept.
+    slack_ = window_ > block_size_
+                 ? std::max(block_size_, (window_ / 4) / block_size_ * block_size_)
+                 : 0;
     length_ = 0;
     start_ = 0;
     next_position_ = 0;
@@ -99,7 +102,7 @@ class KVCache {
   }
   int64_t window_offset() const { return int64_t(start_) * head_dim_; }
   int n_layers_ = 0, n_heads_ = 1, head_dim_ = 0, window_ = 0, block_size_ = 1, batch_ = 1;
-  int slack_ = 1;  // rows per head beyond window + block_size (see the top of the file)
+  int slack_ = 0;  // rows per head beyond window + block_size (see the top of the file)
   int start_ = 0;  // buffer row of the window's row 0
   int length_ = 0;
   int64_t next_position_ = 0;
