@@ -11,8 +11,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <random>
+#include <thread>
 #include <vector>
 
 using namespace bd3;
@@ -147,4 +150,66 @@ TEST_CASE("batched sampling draws the same tokens with 1 and 2 threads", "[threa
     return ids;
   };
   CHECK(with_threads(1, run) == with_threads(2, run));
+}
+
+TEST_CASE("the split with stealing runs every index once, and idle threads take others' work",
+          "[threads]") {
+  for (int parts : {1, 2, 3, 5})
+    for (int team : {1, 2, 3})
+      for (int64_t n : {int64_t(0), int64_t(1), int64_t(7), int64_t(1000)}) {
+        INFO(parts << " parts, a team of " << team << ", " << n << " indices");
+        detail::SplitWithStealing split(n, parts);
+        std::vector<std::atomic<int>> runs(static_cast<size_t>(n));
+        int team_size = 0;
+#pragma omp parallel num_threads(team)
+        {
+#pragma omp single
+          team_size = omp_get_num_threads();
+          split.run(omp_get_thread_num(), [&](int64_t i) { runs[size_t(i)]++; });
+        }
+        CHECK(team_size == team);
+        CHECK(std::all_of(runs.begin(), runs.end(), [](const auto& r) { return r == 1; }));
+      }
+  // Thread 0 stalls on its first index: thread 1 ends its own share and takes the rest of
+  // thread 0's from the end, so thread 0 runs only what it claimed before the stall.
+  const int64_t n = 200;
+  detail::SplitWithStealing split(n, 2);
+  std::vector<int> ran_by(size_t(n), -1);
+#pragma omp parallel num_threads(2)
+  split.run(omp_get_thread_num(), [&](int64_t i) {
+    if (i == 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ran_by[size_t(i)] = omp_get_thread_num();
+  });
+  CHECK(std::count(ran_by.begin(), ran_by.end(), -1) == 0);
+  CHECK(ran_by[0] == 0);
+  CHECK(std::count(ran_by.begin(), ran_by.begin() + n / 2, 1) >= n / 2 - 2);
+  CHECK(std::all_of(ran_by.begin() + n / 2, ran_by.end(), [](int t) { return t == 1; }));
+  CHECK_THROWS_WITH(detail::SplitWithStealing(int64_t(1) << 33, 2), Catch::Contains("n < 2^32"));
+}
+
+TEST_CASE("packed decode matrices give one thread's bits with 2 and 3 threads", "[threads]") {
+  // N * K * M > 65536 (the kernel's threshold); 4 rows (the few-rows path) and 13 (4 at a
+  // time, then a remainder); the last tile partial.
+  const int64_t N = 1000, K = 96;
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1, 1);
+  std::vector<float> W(static_cast<size_t>(N * K)), b(static_cast<size_t>(N)),
+      P(static_cast<size_t>(kernels::packed_size(N, K)));
+  for (auto& w : W) w = u(rng);
+  for (auto& v : b) v = u(rng);
+  kernels::pack_weights(W.data(), N, K, P.data());
+  for (int64_t M : {4, 13}) {
+    std::vector<float> x(static_cast<size_t>(M * K));
+    for (auto& v : x) v = u(rng);
+    auto run = [&] {
+      std::vector<float> y(static_cast<size_t>(M * N));
+      kernels::simd::linear_packed(x.data(), M, K, P.data(), b.data(), N, y.data());
+      return y;
+    };
+    const auto one = with_threads(1, run);
+    for (int n : {2, 3}) {
+      INFO(M << " rows, " << n << " threads");
+      CHECK(with_threads(n, run) == one);
+    }
+  }
 }

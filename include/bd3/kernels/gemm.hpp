@@ -36,6 +36,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include <bd3/detail/split_with_stealing.hpp>
+
 #include "bfloat16.hpp"
 #include "simd.hpp"
 
@@ -378,11 +380,13 @@ void packed_tile(const float* x, int64_t K, const Wt* tile, const float* b, floa
 }
 }  // namespace detail
 
-// y[M, N] = x[M, K] W^T + b with W packed (pack_weights). Threads split the tiles, in
-// shrinking chunks (guided): a thread whose memory runs slower takes fewer tiles instead of
-// keeping the other waiting at the barrier (perf of a small decode call: 11 % of the time
-// in libomp's wait with a static split). Each tile's sums are one thread's whatever the
-// split, so the numbers do not depend on it. Up to small_m_max_rows rows read each tile
+// y[M, N] = x[M, K] W^T + b with W packed (pack_weights). Each thread reads its own share
+// of the tiles as one stream and then helps with the others' from their ends
+// (detail::SplitWithStealing): a thread whose memory runs slower takes fewer tiles instead
+// of keeping the other waiting at the barrier (perf of a small decode call: 11 % of the time
+// in libomp's wait with a static split), without the restarted streams of a guided
+// schedule. Each tile's sums are one thread's whatever the split, so the numbers do not
+// depend on it. Up to small_m_max_rows rows read each tile
 // once from memory; more rows go 4 at a time over the tile (then in L1 or L2), 6 loads
 // per 8 FMAs. The row count's kernel is picked once, outside the loop, and a whole tile's
 // outputs go from the accumulators (+ bias) straight into y; only the last, partial tile
@@ -412,18 +416,26 @@ void linear_packed(const float* x, int64_t M, int64_t K, const Wt* P, const floa
       if constexpr (Ep == Epilogue::gelu_tanh) gelu_tanh(yr, yr, cols);
     }
   };
+  // Tiles t of one call, in the order that each thread's share is read.
+  auto for_each_tile = [&](auto&& body) {
+    if (M * N * K <= 65536) {
+      for (int64_t t = 0; t < tiles; ++t) body(t);
+      return;
+    }
+    bd3::detail::SplitWithStealing split(tiles, omp_get_max_threads());
+#pragma omp parallel
+    split.run(omp_get_thread_num(), body);
+  };
   if (M <= small_m_max_rows)
     return detail::with_row_count(M, [&]<int R> {
-#pragma omp parallel for schedule(guided) if (M * N * K > 65536)
-      for (int64_t t = 0; t < tiles; ++t) tile_rows.template operator()<R>(t, 0);
+      for_each_tile([&](int64_t t) { tile_rows.template operator()<R>(t, 0); });
     });
-#pragma omp parallel for schedule(guided)
-  for (int64_t t = 0; t < tiles; ++t) {
+  for_each_tile([&](int64_t t) {
     int64_t r0 = 0;
     for (; r0 + 4 <= M; r0 += 4) tile_rows.template operator()<4>(t, r0);
     if (r0 < M)
       detail::with_row_count(M - r0, [&]<int R> { tile_rows.template operator()<R>(t, r0); });
-  }
+  });
 }
 
 // linear_packed, then gelu_tanh on every output (Epilogue::gelu_tanh).

@@ -37,12 +37,6 @@ class KVCache {
     window_ = c.model_length;
     block_size_ = c.block_size;
     batch_ = batch;
-    // A quarter of the window, whole blocks: the copy costs 1/64 of one per commit for
-    // `small` (window 1024, block 4) for 25 % more memory. None when the block is the whole
-    // window (MDLM): no row is ever kept.
-    slack_ = window_ > block_size_
-                 ? std::max(block_size_, (window_ / 4) / block_size_ * block_size_)
-                 : 0;
     length_ = 0;
     start_ = 0;
     next_position_ = 0;
@@ -61,7 +55,7 @@ class KVCache {
   // Rows [0, length) are committed; rows [length, length + 2 block_size) are the scratch
   // space for the block(s) being processed (two for a fused commit). Head h's row i is at
   // keys(layer, b) + h * head_stride() + i * head_dim (row 0: the oldest token held).
-  int capacity() const { return window_ + block_size_ + slack_; }  // rows per head
+  int capacity() const { return window_ + block_size_ + slack(); }  // rows per head
   int64_t head_stride() const { return int64_t(capacity()) * head_dim_; }
   T* keys(int layer, int b) { return buffer(keys_, layer, b) + window_offset(); }
   T* values(int layer, int b) { return buffer(values_, layer, b) + window_offset(); }
@@ -101,8 +95,15 @@ class KVCache {
     return (size_t(layer) * batch_ + b) * n_heads_ * head_stride();
   }
   int64_t window_offset() const { return int64_t(start_) * head_dim_; }
+  // Rows per head beyond window + block_size (see the top of the file): a quarter of the
+  // window, whole blocks, so the copy back costs 1/64 of one per commit for `small` (window
+  // 1024, block 4) for 25 % more memory. None when the block is the whole window (MDLM): no
+  // row is ever kept.
+  int slack() const {
+    return window_ > block_size_ ? std::max(block_size_, (window_ / 4) / block_size_ * block_size_)
+                                 : 0;
+  }
   int n_layers_ = 0, n_heads_ = 1, head_dim_ = 0, window_ = 0, block_size_ = 1, batch_ = 1;
-  int slack_ = 0;  // rows per head beyond window + block_size (see the top of the file)
   int start_ = 0;  // buffer row of the window's row 0
   int length_ = 0;
   int64_t next_position_ = 0;
