@@ -185,6 +185,7 @@ TEST_CASE("the split with stealing runs every index once, and idle threads take 
   CHECK(std::count(ran_by.begin(), ran_by.begin() + n / 2, 1) >= n / 2 - 2);
   CHECK(std::all_of(ran_by.begin() + n / 2, ran_by.end(), [](int t) { return t == 1; }));
   CHECK_THROWS_WITH(detail::SplitWithStealing(int64_t(1) << 33, 2), Catch::Contains("n < 2^32"));
+  CHECK_THROWS_WITH(detail::SplitWithStealing(10, -1), Catch::Contains("parts >= 1"));
 }
 
 TEST_CASE("packed decode matrices give one thread's bits with 2 and 3 threads", "[threads]") {

@@ -23,10 +23,10 @@ class SplitWithStealing {
  public:
   // [0, n) in `parts` shares (parts >= 1, typically omp_get_max_threads() before the
   // region). A team smaller than `parts` is fine: its threads steal the unowned shares.
-  SplitWithStealing(int64_t n, int parts)
-      : shares_(std::make_unique<Share[]>(size_t(parts))), parts_(parts) {
+  SplitWithStealing(int64_t n, int parts) : parts_(parts) {
     require(parts >= 1 && n >= 0 && n <= int64_t(std::numeric_limits<uint32_t>::max()),
             "SplitWithStealing: needs parts >= 1 and 0 <= n < 2^32");
+    shares_ = std::make_unique<Share[]>(size_t(parts));
     for (int p = 0; p < parts; ++p)
       shares_[p].range.store(pack(uint32_t(n * p / parts), uint32_t(n * (p + 1) / parts)),
                              std::memory_order_relaxed);
@@ -72,8 +72,8 @@ class SplitWithStealing {
     }
   }
 
-  std::unique_ptr<Share[]> shares_;
   int parts_;
+  std::unique_ptr<Share[]> shares_;
 };
 
 }  // namespace bd3::detail
