@@ -114,11 +114,22 @@ namespace detail {
 // 8 rows 17.4 -> 21.1; a scan of distances put the best at 1 KiB for 4 rows and 2 KiB for 8,
 // farther being slower. (Streaming two W rows at once instead, for more FMA chains, was slower from
 // memory: 25 -> 15 GB/s for 4 rows.) The same distance serves bfloat16 weights: 2 and 4
-// times farther measured even on the same layer.
-template <int R>
-inline constexpr int64_t prefetch_bytes = R <= 4 ? 1024 : 2048;
-
+// times farther measured even on the same layer. With AVX-512 a line is one load, so the
+// same lead in time is more bytes: on a Granite Rapids (2026-12-03, small's 49 decode
+// matrices, 4 rows, 2 threads, paired with a read probe) 1 KiB read at 0.80-0.82 of the
+// probe, 2 KiB 0.91-0.92, 4 KiB 0.95.
 using batch = xsimd::batch<float>;
+template <int R>
+inline constexpr int64_t prefetch_bytes = batch::size >= 16 ? 4096
+                                          : R <= 4          ? 1024
+                                                            : 2048;
+
+// The prefetches ask for L2 (prefetcht1), not L1 only (prefetchnta, until 2026-12-03): on
+// a Granite Rapids, whose core reaches memory through many more L2 than L1 misses in
+// flight, prefetchnta held both decode kernels to 0.42-0.54 of the read probe against
+// 0.93-0.96 with prefetcht1 or prefetcht2 (and 0.74-0.76 with no prefetch at all); on the
+// Zen 4 the hints measured the same.
+inline constexpr int prefetch_locality = 2;
 
 // The packed kernel's distance. With AVX-512 a 64-byte line of a tile is one load and 4
 // FMAs for 4 rows, half the AVX2 kernel's time per line, so the same distance in time is
@@ -126,7 +137,8 @@ using batch = xsimd::batch<float>;
 // 2 threads, each pass paired with a read-bandwidth probe): fraction of the probe's
 // bandwidth 0.78-0.80 at 1 KiB, 0.83-0.85 at 4 KiB (2, 3, 6, 8 and 16 KiB lower) when the
 // probe read 43 GB/s; all within 0.92-0.96 when it read 33. The T0-T2 hints were no
-// better than NTA.
+// better than NTA there; on a Granite Rapids 4 KiB with prefetcht1 read at 0.93-0.95 of
+// the probe (prefetchnta 0.42-0.44, 1 KiB with prefetcht0 0.88).
 inline constexpr int64_t packed_prefetch_bytes = batch::size >= 16 ? 4096 : 1024;
 
 // A batch of weights as floats. bfloat16 is widened by a shift of the 16-bit lanes; with
@@ -190,7 +202,7 @@ void dot_rows(const float* x, int64_t K, const Wt* w, float* out) {
     if (k % per_line == 0)
       __builtin_prefetch(
           reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(w + k) + prefetch_bytes<R>), 0,
-          0);
+          prefetch_locality);
     const batch wv = load_weights(w + k);
     for (int r = 0; r < R; ++r)
       acc[r] = simd::fma(batch::load_unaligned(x + r * K + k), wv, acc[r]);
@@ -349,7 +361,7 @@ void packed_rows(const float* x, int64_t K, const Wt* tile, int64_t c0, const fl
     if (c0 == 0 && k % k_per_line == 0)
       __builtin_prefetch(
           reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(wk) + packed_prefetch_bytes), 0,
-          0);
+          prefetch_locality);
     batch w[C];
     for (int c = 0; c < C; ++c) w[c] = load_weights(wk + c * lanes);
     for (int r = 0; r < R; ++r) {
