@@ -252,7 +252,10 @@ void attention_block_sparse(const AttentionArgs<T>& a, const Mask& mask) {
         for (int r = 0, col = 0; r < nr; col += ranges[r].size(), ++r) {
           StridedMap<T> K(a.k_head(h) + int64_t(ranges[r].begin) * a.ldk, ranges[r].size(), Dh,
                           Eigen::OuterStride<>(a.ldk));
-          S.middleCols(col, ranges[r].size()).noalias() = (Q * K.transpose()) * scale;
+          // The scale on the left: Eigen folds it into the GEMM's alpha. On the right it
+          // evaluated the product into a temporary and copied it, scaled, element by
+          // element (the forward of `small` spent 3 % there; 2.3x slower on this shape).
+          S.middleCols(col, ranges[r].size()).noalias() = scale * (Q * K.transpose());
         }
         for (int i = 0; i < tq; ++i) {
           T* row = S.row(i).data();

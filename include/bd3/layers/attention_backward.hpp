@@ -176,7 +176,8 @@ void attention_block_sparse_backward(const AttentionGradArgs<T>& a, const Mask& 
                           Stride(a.ldk));
           StridedMap<T> V(a.v + int64_t(ranges[r].begin) * a.ldv + h * Dh, ranges[r].size(), Dh,
                           Stride(a.ldv));
-          S.middleCols(col, ranges[r].size()).noalias() = (Q * K.transpose()) * scale;
+          // (scale on the left, folded into the GEMM, as in attention_block_sparse)
+          S.middleCols(col, ranges[r].size()).noalias() = scale * (Q * K.transpose());
           dP.middleCols(col, ranges[r].size()).noalias() = dO * V.transpose();
         }
         // S <- P = exp(S - lse) on the allowed keys, 0 elsewhere; dP <- dS = P (dP - D).
@@ -208,7 +209,7 @@ void attention_block_sparse_backward(const AttentionGradArgs<T>& a, const Mask& 
           StridedMapMut<T> dK(my_dk + size_t(ranges[r].begin) * W + h * Dh, n, Dh, Stride(W));
           StridedMapMut<T> dV(my_dv + size_t(ranges[r].begin) * W + h * Dh, n, Dh, Stride(W));
           dV.noalias() += S.middleCols(col, n).transpose() * dO;
-          dK.noalias() += (dP.middleCols(col, n).transpose() * Q) * scale;
+          dK.noalias() += scale * (dP.middleCols(col, n).transpose() * Q);
           dQ.noalias() += dP.middleCols(col, n) * K;
         }
         StridedMapMut<T>(a.dq + int64_t(q0) * a.lddq + h * Dh, tq, Dh, Stride(a.lddq)) +=
