@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -226,4 +227,76 @@ TEST_CASE("linear_packed: its scalar twin, rows alone, bfloat16 bits, GELU epilo
         REQUIRE(std::count(part.begin(), part.end(), 7.0f) == std::ptrdiff_t(part.size()));
       }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The training forward's blocked GEMM (kernels/sgemm.hpp).
+#include <bd3/kernels/sgemm.hpp>
+
+namespace {
+// y = x W^T + b in double: what both the kernel and its twin approximate.
+double gemm_nt_error(const std::vector<float>& x, const std::vector<float>& W,
+                     const std::vector<float>* b, const std::vector<float>& y, int M, int K,
+                     int N) {
+  double worst = 0;
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      double s = b ? double((*b)[j]) : 0.0, mag = std::abs(s);
+      for (int k = 0; k < K; ++k) {
+        s += double(x[i * K + k]) * double(W[j * K + k]);
+        mag += std::abs(double(x[i * K + k]) * double(W[j * K + k]));
+      }
+      worst = std::max(worst, std::abs(double(y[i * N + j]) - s) / (mag + 1e-30));
+    }
+  return worst;
+}
+}  // namespace
+
+TEST_CASE("scalar gemm_nt is x W^T + b to float rounding", "[gemm][sgemm]") {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  for (int M : {1, 13})
+    for (int K : {0, 1, 383, 385, 800})
+      for (int N : {1, 33}) {
+        std::vector<float> x(M * K), W(N * K), b(N), y(M * N);
+        for (auto* v : {&x, &W, &b})
+          for (auto& e : *v) e = dist(rng);
+        for (bool bias : {false, true}) {
+          bd3::kernels::scalar::gemm_nt(x.data(), M, K, W.data(), bias ? b.data() : nullptr, N,
+                                        y.data());
+          INFO("M " << M << " K " << K << " N " << N << " bias " << bias);
+          CHECK(gemm_nt_error(x, W, bias ? &b : nullptr, y, M, K, N) < 1e-5);
+        }
+      }
+}
+
+TEST_CASE("simd gemm_nt equals its scalar twin bit for bit", "[gemm][sgemm][simd]") {
+  if constexpr (!bd3::kernels::simd::has_gemm_nt) {
+    SUCCEED("no AVX-512: simd::gemm_nt is the twin itself and the model uses Eigen's GEMM");
+  } else {
+    std::mt19937 rng(12);
+    std::uniform_real_distribution<float> dist(-1, 1);
+    // Partial micro-panels of rows (12) and columns (32), partial slabs of k (384), more
+    // than one block of columns (480) and of rows (1,020), k shorter than a transpose (16).
+    const std::initializer_list<std::array<int, 3>> shapes = {
+        {1, 1, 1},     {12, 16, 32},   {13, 17, 33}, {25, 384, 64}, {7, 385, 481},
+        {24, 800, 97}, {1031, 40, 35}, {3, 0, 5},    {36, 15, 511}, {2, 768, 16}};
+    for (const auto& [M, K, N] : shapes) {
+      std::vector<float> x(size_t(M) * K), W(size_t(N) * K), b(N);
+      for (auto* v : {&x, &W, &b})
+        for (auto& e : *v) e = dist(rng);
+      for (bool bias : {false, true}) {
+        std::vector<float> y(size_t(M) * N, std::numeric_limits<float>::quiet_NaN()),
+            ref(size_t(M) * N);
+        const float* bp = bias ? b.data() : nullptr;
+        bd3::kernels::simd::gemm_nt(x.data(), M, K, W.data(), bp, N, y.data());
+        bd3::kernels::scalar::gemm_nt(x.data(), M, K, W.data(), bp, N, ref.data());
+        INFO("M " << M << " K " << K << " N " << N << " bias " << bias);
+        int differing = 0;
+        for (size_t i = 0; i < y.size(); ++i)
+          differing += std::bit_cast<uint32_t>(y[i]) != std::bit_cast<uint32_t>(ref[i]);
+        CHECK(differing == 0);
+      }
+    }
+  }
 }
