@@ -8,17 +8,20 @@
 // shapes of the trained models' decode calls (hidden 256: qkv, MLP in/out, output layer
 // of a 4097-token vocabulary; the `small` preset's output layer, 768 x 50258, read from
 // memory), M = rows of the call; counters GFLOPs = 2 M K N / s, W_GBps = 4 K N bytes / s
-// (2 K N for small_m_bf16, the weights stored as bfloat16).
+// (2 K N for small_m_bf16, the weights stored as bfloat16). Also gemm_nt (kernels/sgemm.hpp)
+// against Eigen on one thread's share of the `small` training forward's products.
 //   OMP_NUM_THREADS=1 build/release/bench_kernels --benchmark_min_time=0.2
 #include <bd3/detail/huge_pages.hpp>
 #include <bd3/kernels/gemm.hpp>
 #include <bd3/kernels/scalar.hpp>
+#include <bd3/kernels/sgemm.hpp>
 #include <bd3/kernels/simd.hpp>
 
 #include <Eigen/Dense>
 
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <random>
@@ -200,7 +203,8 @@ BD3_BENCH_PAIR(BM_axpy);
 
 // small_m_bf16: linear_small_m with the weights stored as bfloat16 (half the bytes);
 // packed, packed_bf16: linear_packed on W packed (kernels/gemm.hpp), float or bfloat16.
-enum class Linear { small_m, tiled, eigen, small_m_bf16, packed, packed_bf16 };
+// gemm_nt: the training forward's blocked GEMM (kernels/sgemm.hpp).
+enum class Linear { small_m, tiled, eigen, small_m_bf16, packed, packed_bf16, gemm_nt };
 
 template <Linear L>
 void BM_linear(benchmark::State& state) {
@@ -235,6 +239,8 @@ void BM_linear(benchmark::State& state) {
       k::simd::linear_packed(x.data(), M, K, P16.data(), b.data(), N, y.data());
     } else if constexpr (L == Linear::tiled) {
       k::simd::linear_tiled<float>(x.data(), M, K, W.data(), b.data(), N, y.data());
+    } else if constexpr (L == Linear::gemm_nt) {
+      k::simd::gemm_nt(x.data(), M, K, W.data(), b.data(), N, y.data());
     } else {
       Eigen::Map<RowMat> Y(y.data(), M, N);
       Y.noalias() = Eigen::Map<const RowMat>(x.data(), M, K) *
@@ -264,6 +270,21 @@ BENCHMARK_TEMPLATE(BM_linear, Linear::eigen)->Apply(linear_shapes);
 BENCHMARK_TEMPLATE(BM_linear, Linear::small_m_bf16)->Apply(linear_shapes);
 BENCHMARK_TEMPLATE(BM_linear, Linear::packed)->Apply(linear_shapes);
 BENCHMARK_TEMPLATE(BM_linear, Linear::packed_bf16)->Apply(linear_shapes);
+
+// One thread's share of the `small` training forward: 1,024 of the 2,048 [xt, x0] rows
+// against q/k/v, the attention output, the MLP in and out; 512 of the 1,024 xt rows against
+// the output layer.
+void forward_shapes(benchmark::internal::Benchmark* b) {
+  for (auto [M, K, N] : {std::array<int, 3>{1024, 768, 2304},
+                         {1024, 768, 768},
+                         {1024, 768, 3072},
+                         {1024, 3072, 768},
+                         {512, 768, 50258}})
+    b->Args({M, K, N});
+  b->Unit(benchmark::kMillisecond);
+}
+BENCHMARK_TEMPLATE(BM_linear, Linear::gemm_nt)->Apply(forward_shapes);
+BENCHMARK_TEMPLATE(BM_linear, Linear::eigen)->Apply(forward_shapes);
 
 }  // namespace
 
