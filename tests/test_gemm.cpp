@@ -270,6 +270,61 @@ TEST_CASE("scalar gemm_nt is x W^T + b to float rounding", "[gemm][sgemm]") {
       }
 }
 
+// Every operand layout (x or x^T, W[N, K] or W[K, N]), with leading dimensions wider than
+// the slab (as the backward's per-thread slabs), writing or accumulating.
+TEST_CASE("simd gemm equals its scalar twin in every layout, and both are the product",
+          "[gemm][sgemm][simd]") {
+  using bd3::kernels::GemmOperands;
+  std::mt19937 rng(13);
+  std::uniform_real_distribution<float> dist(-1, 1);
+  for (const auto& [M, K, N] : {std::array<int, 3>{13, 385, 33}, {30, 20, 500}, {1, 7, 1}})
+    for (bool xt : {false, true})
+      for (bool wt : {false, true})
+        for (bool acc : {false, true}) {
+          const int pad = 5;  // extra columns in every leading dimension
+          const int ldx = (xt ? M : K) + pad, ldw = (wt ? N : K) + pad, ldy = N + pad;
+          std::vector<float> x(size_t((xt ? K : M) * ldx)), w(size_t((wt ? K : N) * ldw)), b(N),
+              y0(size_t(M * ldy));
+          for (auto* v : {&x, &w, &b, &y0})
+            for (auto& e : *v) e = dist(rng);
+          auto y = y0, ref = y0;
+          GemmOperands o{.x = x.data(),
+                         .ldx = ldx,
+                         .x_transposed = xt,
+                         .w = w.data(),
+                         .ldw = ldw,
+                         .w_transposed = wt,
+                         .b = b.data(),
+                         .y = y.data(),
+                         .ldy = ldy,
+                         .accumulate = acc};
+          bd3::kernels::simd::gemm(o, M, K, N);
+          o.y = ref.data();
+          bd3::kernels::scalar::gemm(o, M, K, N);
+          INFO("M " << M << " K " << K << " N " << N << " x^T " << xt << " W[K, N] " << wt
+                    << " accumulate " << acc);
+          int differing = 0;
+          double worst = 0;
+          for (int i = 0; i < M; ++i)
+            for (int j = 0; j < ldy; ++j) {
+              const size_t at = size_t(i * ldy + j);
+              differing += std::bit_cast<uint32_t>(y[at]) != std::bit_cast<uint32_t>(ref[at]);
+              if (j >= N) {  // the padding is never written
+                differing += std::bit_cast<uint32_t>(y[at]) != std::bit_cast<uint32_t>(y0[at]);
+                continue;
+              }
+              double s = acc ? double(y0[at]) : double(b[j]), mag = std::abs(s);
+              for (int k = 0; k < K; ++k) {
+                const double p = double(o.x_at(i, k)) * double(o.w_at(j, k));
+                s += p, mag += std::abs(p);
+              }
+              worst = std::max(worst, std::abs(double(ref[at]) - s) / (mag + 1e-30));
+            }
+          CHECK(differing == 0);
+          CHECK(worst < 1e-5);
+        }
+}
+
 TEST_CASE("simd gemm_nt equals its scalar twin bit for bit", "[gemm][sgemm][simd]") {
   if constexpr (!bd3::kernels::simd::has_gemm_nt) {
     SUCCEED("no AVX-512: simd::gemm_nt is the twin itself and the model uses Eigen's GEMM");

@@ -13,7 +13,9 @@
 // Every output is, for each KC-slab of k in order, one FMA chain from zero, added to the
 // output (the first slab's chain is added to the bias, or to zero): scalar::gemm_nt does
 // the same operations in the same order, so the two agree bit for bit.
-// AVX-512 only (has_gemm_nt); elsewhere the model keeps Eigen's GEMM.
+// simd::gemm also takes x^T, W[K, N] and accumulation (GemmOperands): the backward's
+// dW += dY^T X and dX = dY W. AVX-512 only (has_gemm_nt); elsewhere the model and the
+// backward keep Eigen's GEMM.
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -36,22 +38,46 @@ struct GemmBlocking {
   static constexpr int64_t block_rows = 1020;  // rows of x packed at once (85 panels)
 };
 
+// y[M, N] (row stride ldy) = sum_k x(i, k) w(j, k) (+ b[j], or + y when accumulating).
+// x(i, k) is x[i * ldx + k], or x[k * ldx + i] when x_transposed; w(j, k) is
+// w[j * ldw + k] (W[N, K] as a linear layer stores it), or w[k * ldw + j] when
+// w_transposed (W[K, N]). The backward's products are the transposed forms:
+// dW += dY^T X (x_transposed, w_transposed, accumulate) and dX = dY W (w_transposed).
+struct GemmOperands {
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  bool x_transposed = false;
+  const float* w = nullptr;
+  int64_t ldw = 0;
+  bool w_transposed = false;
+  const float* b = nullptr;  // ignored when accumulating
+  float* y = nullptr;
+  int64_t ldy = 0;
+  bool accumulate = false;
+  float x_at(int64_t i, int64_t k) const { return x_transposed ? x[k * ldx + i] : x[i * ldx + k]; }
+  float w_at(int64_t j, int64_t k) const { return w_transposed ? w[k * ldw + j] : w[j * ldw + k]; }
+};
+
 namespace scalar {
-// The twin of simd::gemm_nt: the same FMA chains in the same order.
-inline void gemm_nt(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N,
-                    float* y) {
+// The twin of simd::gemm (see there for the operands): the same FMA chains in the same order.
+inline void gemm(const GemmOperands& o, int64_t M, int64_t K, int64_t N) {
   constexpr int64_t KC = GemmBlocking::depth;
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j) {
-      float out = 0;
+      float& y = o.y[i * o.ldy + j];
+      float out = o.accumulate ? y : 0.0f;
       for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += KC) {
         float acc = 0;
         for (int64_t k = k0; k < std::min(K, k0 + KC); ++k)
-          acc = std::fma(x[i * K + k], W[j * K + k], acc);
-        out = acc + (k0 == 0 ? (b ? b[j] : 0.0f) : out);
+          acc = std::fma(o.x_at(i, k), o.w_at(j, k), acc);
+        out = acc + (k0 == 0 && !o.accumulate ? (o.b ? o.b[j] : 0.0f) : out);
       }
-      y[i * N + j] = out;
+      y = out;
     }
+}
+inline void gemm_nt(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N,
+                    float* y) {
+  gemm({.x = x, .ldx = K, .w = W, .ldw = K, .b = b, .y = y, .ldy = N}, M, K, N);
 }
 }  // namespace scalar
 
@@ -104,26 +130,46 @@ inline void pack_transposed(const float* src, int64_t ld, int count, int64_t kc,
     for (int i = 0; i < store_lanes; ++i) dst[k * ld_dst + i] = i < count ? src[i * ld + k] : 0.0f;
 }
 
-// x rows [0, m), k in [k0, k0 + kc) -> panels of 12 rows, k-major.
-inline void pack_x(const float* x, int64_t m, int64_t K, int64_t k0, int64_t kc, float* Xp) {
+// x rows [i0, i0 + m), k in [k0, k0 + kc) -> panels of 12 rows, k-major.
+inline void pack_x(const GemmOperands& o, int64_t i0, int64_t m, int64_t k0, int64_t kc,
+                   float* Xp) {
   constexpr int64_t MR = GemmBlocking::rows;
-  for (int64_t p = 0; p * MR < m; ++p)
-    pack_transposed(x + p * MR * K + k0, K, int(std::min(MR, m - p * MR)), kc, Xp + p * kc * MR, MR,
-                    int(MR));
+  for (int64_t p = 0; p * MR < m; ++p) {
+    const int count = int(std::min(MR, m - p * MR));
+    float* dst = Xp + p * kc * MR;
+    if (!o.x_transposed) {
+      pack_transposed(o.x + (i0 + p * MR) * o.ldx + k0, o.ldx, count, kc, dst, MR, int(MR));
+      continue;
+    }
+    // x(i, k) = x[k * ldx + i]: the panel's rows are contiguous at each k already.
+    const __mmask16 load = __mmask16((1u << count) - 1), store = __mmask16((1u << MR) - 1);
+    for (int64_t k = 0; k < kc; ++k)
+      _mm512_mask_storeu_ps(dst + k * MR, store,
+                            _mm512_maskz_loadu_ps(load, o.x + (k0 + k) * o.ldx + i0 + p * MR));
+  }
 }
 
-// W rows [j0, j0 + nc), k in [k0, k0 + kc) -> panels of 32 columns, k-major (two
+// w columns [j0, j0 + nc), k in [k0, k0 + kc) -> panels of 32 columns, k-major (two
 // 16-column halves), zeros past nc.
-inline void pack_w(const float* W, int64_t K, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
+inline void pack_w(const GemmOperands& o, int64_t j0, int64_t nc, int64_t k0, int64_t kc,
                    float* Wp) {
   constexpr int64_t NR = GemmBlocking::cols;
   for (int64_t p = 0; p * NR < nc; ++p)
     for (int64_t h = 0; h < NR; h += 16) {
       const int64_t c0 = p * NR + h;
       const int count = int(std::clamp<int64_t>(nc - c0, 0, 16));
-      // (no address past W is formed for a half that lies past nc)
-      pack_transposed(count > 0 ? W + (j0 + c0) * K + k0 : W, K, count, kc, Wp + p * kc * NR + h,
-                      NR, 16);
+      float* dst = Wp + p * kc * NR + h;
+      if (o.w_transposed) {  // w(j, k) = w[k * ldw + j]: contiguous in j at each k
+        const __mmask16 load = __mmask16((1u << count) - 1);
+        for (int64_t k = 0; k < kc; ++k)
+          _mm512_store_ps(dst + k * NR,
+                          count > 0 ? _mm512_maskz_loadu_ps(load, o.w + (k0 + k) * o.ldw + j0 + c0)
+                                    : _mm512_setzero_ps());
+        continue;
+      }
+      // (no address past w is formed for a half that lies past nc)
+      pack_transposed(count > 0 ? o.w + (j0 + c0) * o.ldw + k0 : o.w, o.ldw, count, kc, dst, NR,
+                      16);
     }
 }
 
@@ -180,14 +226,14 @@ inline GemmBuffers& gemm_buffers() {
 }
 }  // namespace detail
 
-// One thread's y[M, N] = x[M, K] W[N, K]^T (+ b): see the top of this file.
-inline void gemm_nt(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N,
-                    float* y) {
+// One thread's y = x w^T (+ b, or + y): see GemmOperands and the top of this file.
+inline void gemm(const GemmOperands& o, int64_t M, int64_t K, int64_t N) {
   using B = GemmBlocking;
   if (M <= 0 || N <= 0) return;
-  if (K <= 0) {  // no products: the bias (or zeros), as the twin gives
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) y[i * N + j] = 0.0f + (b ? b[j] : 0.0f);
+  if (K <= 0) {  // no products: the bias (or zeros, or y itself), as the twin gives
+    if (!o.accumulate)
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) o.y[i * o.ldy + j] = 0.0f + (o.b ? o.b[j] : 0.0f);
     return;
   }
   auto& buffers = detail::gemm_buffers();
@@ -198,25 +244,36 @@ inline void gemm_nt(const float* x, int64_t M, int64_t K, const float* W, const 
     const int64_t m = std::min(B::block_rows, M - i0);
     for (int64_t k0 = 0; k0 < K; k0 += B::depth) {
       const int64_t kc = std::min(B::depth, K - k0);
-      detail::pack_x(x + i0 * K, m, K, k0, kc, Xp);
+      const bool first = k0 == 0 && !o.accumulate;
+      detail::pack_x(o, i0, m, k0, kc, Xp);
       for (int64_t j0 = 0; j0 < N; j0 += B::block_cols) {
         const int64_t nc = std::min(B::block_cols, N - j0);
-        detail::pack_w(W, K, j0, nc, k0, kc, Wp);
+        detail::pack_w(o, j0, nc, k0, kc, Wp);
         for (int64_t p = 0; p * B::rows < m; ++p)
           for (int64_t q = 0; q * B::cols < nc; ++q) {
             const int64_t i = i0 + p * B::rows, j = j0 + q * B::cols;
-            detail::micro_kernel(Xp + p * kc * B::rows, Wp + q * kc * B::cols, kc, y + i * N + j, N,
-                                 b ? b + j : nullptr, k0 == 0, int(std::min(B::rows, M - i)),
-                                 int(std::min(B::cols, N - j)));
+            detail::micro_kernel(Xp + p * kc * B::rows, Wp + q * kc * B::cols, kc,
+                                 o.y + i * o.ldy + j, o.ldy, o.b ? o.b + j : nullptr, first,
+                                 int(std::min(B::rows, M - i)), int(std::min(B::cols, N - j)));
           }
       }
     }
   }
 }
+
+// y[M, N] = x[M, K] W[N, K]^T (+ b), all row-major and dense: the forward's linear layer.
+inline void gemm_nt(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N,
+                    float* y) {
+  gemm({.x = x, .ldx = K, .w = W, .ldw = K, .b = b, .y = y, .ldy = N}, M, K, N);
+}
+
 #else
 inline constexpr bool has_gemm_nt = false;
-// Without AVX-512 the name stays callable (the twin, correct but slow); the model checks
-// has_gemm_nt and runs Eigen's GEMM instead.
+// Without AVX-512 the names stay callable (the twin, correct but slow); the model and the
+// backward check has_gemm_nt and run Eigen's GEMM instead.
+inline void gemm(const GemmOperands& o, int64_t M, int64_t K, int64_t N) {
+  scalar::gemm(o, M, K, N);
+}
 inline void gemm_nt(const float* x, int64_t M, int64_t K, const float* W, const float* b, int64_t N,
                     float* y) {
   scalar::gemm_nt(x, M, K, W, b, N, y);

@@ -16,11 +16,12 @@
 #include <bd3/diffusion/nelbo.hpp>
 #include <bd3/error.hpp>
 #include <bd3/kernels/kernels.hpp>
+#include <bd3/kernels/sgemm.hpp>
 #include <bd3/layers/attention_backward.hpp>
 #include <bd3/model/model.hpp>
 
-#include <Eigen/Dense>
 #include <omp.h>
+#include <Eigen/Dense>
 #include <xsimd/xsimd.hpp>
 
 #include <algorithm>
@@ -70,9 +71,23 @@ void gemm_tn_accumulate(const T* dY, const T* X, int64_t N, int64_t in, int64_t 
 #pragma omp parallel if (N * in * out > (int64_t(1) << 22))
   {
     const auto [o0, o1] = thread_slab(out, omp_get_thread_num(), omp_get_num_threads());
-    if (o1 > o0)
+    if constexpr (std::is_same_v<T, float> && kernels::simd::has_gemm_nt) {
+      // (kernels/sgemm.hpp; dY^T and X are read in place by its packing)
+      if (o1 > o0)
+        kernels::simd::gemm({.x = dY + o0,
+                             .ldx = out,
+                             .x_transposed = true,
+                             .w = X,
+                             .ldw = in,
+                             .w_transposed = true,
+                             .y = dW + o0 * in,
+                             .ldy = in,
+                             .accumulate = true},
+                            o1 - o0, N, in);
+    } else if (o1 > o0)
       MapM<T>(dW + o0 * in, o1 - o0, in).noalias() +=
-          StridedCMap<T>(dY + o0, N, o1 - o0, Eigen::OuterStride<>(out)).transpose() * MapCM<T>(X, N, in);
+          StridedCMap<T>(dY + o0, N, o1 - o0, Eigen::OuterStride<>(out)).transpose() *
+          MapCM<T>(X, N, in);
   }
 }
 
@@ -82,7 +97,19 @@ void gemm_nn(const T* dY, const T* W, int64_t N, int64_t in, int64_t out, T* dX)
 #pragma omp parallel if (N * in * out > (int64_t(1) << 22))
   {
     const auto [r0, r1] = thread_slab(N, omp_get_thread_num(), omp_get_num_threads());
-    if (r1 > r0) MapM<T>(dX + r0 * in, r1 - r0, in).noalias() = MapCM<T>(dY + r0 * out, r1 - r0, out) * MapCM<T>(W, out, in);
+    if constexpr (std::is_same_v<T, float> && kernels::simd::has_gemm_nt) {
+      if (r1 > r0)
+        kernels::simd::gemm({.x = dY + r0 * out,
+                             .ldx = out,
+                             .w = W,
+                             .ldw = in,
+                             .w_transposed = true,
+                             .y = dX + r0 * in,
+                             .ldy = in},
+                            r1 - r0, out, in);
+    } else if (r1 > r0)
+      MapM<T>(dX + r0 * in, r1 - r0, in).noalias() =
+          MapCM<T>(dY + r0 * out, r1 - r0, out) * MapCM<T>(W, out, in);
   }
 }
 
@@ -91,8 +118,8 @@ void gemm_nn(const T* dY, const T* W, int64_t N, int64_t in, int64_t out, T* dX)
 // Backward: dW[out, in] += dY^T X;  db[out] += sum_rows dY;  dX[N, in] = dY W (overwritten,
 // skipped when dX is null).
 template <class T>
-void linear_backward(const T* dY, const T* X, int64_t N, int64_t in, int64_t out, const T* W, T* dW, T* db,
-                     T* dX) {
+void linear_backward(const T* dY, const T* X, int64_t N, int64_t in, int64_t out, const T* W, T* dW,
+                     T* db, T* dX) {
   if (N == 0) return;
   gemm_tn_accumulate<T>(dY, X, N, in, out, dW);
   if (db) MapV<T>(db, out).noalias() += MapCM<T>(dY, N, out).transpose() * Vec<T>::Ones(N);
@@ -158,8 +185,8 @@ void norm_modulate_backward(int64_t N, int D, const T* a, RowFn row, double* da,
 // Backward: dx_in = dx_out (the caller keeps dx);  dgate += sum_r dx * keep * s * y;
 //           dy = dx * gate * keep * s   [N, D] (overwritten).
 template <class T>
-void gated_residual_backward(const T* dx, const T* y, const T* gate, const uint8_t* keep, T s, int64_t N, int D,
-                             T* dy, double* dgate) {
+void gated_residual_backward(const T* dx, const T* y, const T* gate, const uint8_t* keep, T s,
+                             int64_t N, int D, T* dy, double* dgate) {
 #pragma omp parallel if (N * D > 32768)
   {
     std::vector<double> lg(D, 0.0);
@@ -210,13 +237,17 @@ inline void gelu_tanh_backward_simd(const float* x, float* d, int64_t n) {
   auto one = [&](auto x_in) {
     using V = decltype(x_in);
     V xv;
-    if constexpr (std::is_same_v<V, float>) xv = std::clamp(x_in, -10.f, 10.f);
-    else xv = xsimd::min(xsimd::max(x_in, V(-10.f)), V(10.f));
+    if constexpr (std::is_same_v<V, float>)
+      xv = std::clamp(x_in, -10.f, 10.f);
+    else
+      xv = xsimd::min(xsimd::max(x_in, V(-10.f)), V(10.f));
     const V x2 = xv * xv;
     const V t = xv * (V(m2k) + V(m2kc) * x2);
     V e;
-    if constexpr (std::is_same_v<V, float>) e = std::exp(t);
-    else e = xsimd::exp(t);
+    if constexpr (std::is_same_v<V, float>)
+      e = std::exp(t);
+    else
+      e = xsimd::exp(t);
     const V s = V(1.f) / (V(1.f) + e);
     return s - xv * (e * s * s) * (V(m2k) + V(m6kc) * x2);
   };
@@ -234,8 +265,10 @@ void gelu_tanh_backward(const T* x, T* d, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 4 * chunk)
   for (int64_t c = 0; c < n; c += chunk) {
     const int64_t m = std::min(chunk, n - c);
-    if constexpr (kernels::use_simd<T>) gelu_tanh_backward_simd(x + c, d + c, m);
-    else gelu_tanh_backward_scalar<T>(x + c, d + c, m);
+    if constexpr (kernels::use_simd<T>)
+      gelu_tanh_backward_simd(x + c, d + c, m);
+    else
+      gelu_tanh_backward_scalar<T>(x + c, d + c, m);
   }
 }
 
@@ -262,8 +295,8 @@ void rotary_backward(T* dqkv, int64_t N, int D, int H, int Dh, PosFn pos, const 
 // adaLN modulation. Forward: mod[M] = W c + b, W [M, C], c [C]; the norm scale uses
 // a = norm_w * (1 + scale). Backward: dW += dmod (x) c;  db += dmod;  dc += W^T dmod.
 template <class T>
-void modulation_backward(const double* dmod, int M, const T* W, const std::vector<T>& c, T* dW, T* db,
-                         std::vector<double>& dc) {
+void modulation_backward(const double* dmod, int M, const T* W, const std::vector<T>& c, T* dW,
+                         T* db, std::vector<double>& dc) {
   const int C = int(c.size());
   for (int i = 0; i < M; ++i) {
     const double g = dmod[i];
@@ -280,7 +313,8 @@ void modulation_backward(const double* dmod, int M, const T* W, const std::vecto
 // Norm weight and scale. Forward: a = norm_w * (1 + scale). Backward (da given):
 // dnorm_w += da * (1 + scale);  dscale = da * norm_w (written).
 template <class T>
-void norm_scale_backward(const double* da, int D, const T* norm_w, const T* scale, T* dnorm_w, double* dscale) {
+void norm_scale_backward(const double* da, int D, const T* norm_w, const T* scale, T* dnorm_w,
+                         double* dscale) {
   for (int j = 0; j < D; ++j) {
     dnorm_w[j] += T(da[j] * (1.0 + double(scale[j])));
     dscale[j] = da[j] * double(norm_w[j]);
@@ -298,8 +332,8 @@ inline double silu_grad(double x) {
 }
 
 template <class T>
-void conditioning_backward(const std::vector<double>& dc, const std::vector<T>& hid, const std::vector<T>& out,
-                           const T* W2, T* dW1, T* db1, T* dW2, T* db2) {
+void conditioning_backward(const std::vector<double>& dc, const std::vector<T>& hid,
+                           const std::vector<T>& out, const T* W2, T* dW1, T* db1, T* dW2, T* db2) {
   const int C = int(dc.size());
   std::vector<double> dout(C), dc1(C, 0.0);
   for (int i = 0; i < C; ++i) dout[i] = dc[i] * silu_grad(double(out[i]));
@@ -314,7 +348,8 @@ void conditioning_backward(const std::vector<double>& dc, const std::vector<T>& 
   for (int i = 0; i < C; ++i) {
     const double dh = dc1[i] * silu_grad(double(hid[i]));
     db1[i] += T(dh);
-    for (int j = 0; j < 128; ++j) dW1[int64_t(i) * 256 + j] += T(dh);  // e_j = 1 for j < 128, 0 after
+    for (int j = 0; j < 128; ++j)
+      dW1[int64_t(i) * 256 + j] += T(dh);  // e_j = 1 for j < 128, 0 after
   }
 }
 
@@ -323,11 +358,11 @@ void conditioning_backward(const std::vector<double>& dc, const std::vector<T>& 
 // Scratch buffers of backward(), reusable across calls (they keep their capacity).
 template <class T>
 struct BackwardScratch {
-  std::vector<T> dx;     // [N, D] gradient of the residual stream
-  std::vector<T> dy;     // [N, D] gradient of a branch output
-  std::vector<T> dh;     // [N, D] gradient of a normed input / attention output
-  std::vector<T> dff;    // [N, F] gradient of the MLP hidden layer
-  std::vector<T> dqkv;   // [N, 3D]
+  std::vector<T> dx;                      // [N, D] gradient of the residual stream
+  std::vector<T> dy;                      // [N, D] gradient of a branch output
+  std::vector<T> dh;                      // [N, D] gradient of a normed input / attention output
+  std::vector<T> dff;                     // [N, F] gradient of the MLP hidden layer
+  std::vector<T> dqkv;                    // [N, 3D]
   std::vector<T> g_dlogits, g_hf, g_dhf;  // output layer, rows with a gradient only
   std::vector<int64_t> active;
   std::vector<int32_t> row_tokens;
@@ -343,22 +378,26 @@ struct BackwardScratch {
 template <class Model>
 void backward(const Model& model, std::span<const int32_t> xt, std::span<const int32_t> x0,
               const TrainActivations<typename Model::scalar_type>& act,
-              std::span<const typename Model::scalar_type> dlogits, std::span<typename Model::scalar_type> grads,
+              std::span<const typename Model::scalar_type> dlogits,
+              std::span<typename Model::scalar_type> grads,
               BackwardScratch<typename Model::scalar_type>* scratch = nullptr) {
   using T = typename Model::scalar_type;
   using Attention = typename Model::attention_type;
   const auto& cfg = model.config();
   const auto& lay = model.layout();
-  const int L = cfg.model_length, D = cfg.hidden_dim, H = cfg.n_heads, Dh = cfg.head_dim(), F = 4 * D;
+  const int L = cfg.model_length, D = cfg.hidden_dim, H = cfg.n_heads, Dh = cfg.head_dim(),
+            F = 4 * D;
   const int V = cfg.vocab_size, n_layers = cfg.n_blocks;
   const int batch = act.batch, rows_seq = 2 * L;
   const int64_t N = int64_t(batch) * rows_seq, Nxt = int64_t(batch) * L;
   if (batch < 1 || act.rows_per_sequence != rows_seq || int(act.layers.size()) != n_layers ||
       act.layers[0].x_in.size() != size_t(N) * D)
     fail("backward: the activations must come from forward_train(..., keep_for_backward = true)");
-  if (xt.size() != size_t(Nxt) || x0.size() != size_t(Nxt)) fail("backward: xt and x0 must hold batch x L tokens");
+  if (xt.size() != size_t(Nxt) || x0.size() != size_t(Nxt))
+    fail("backward: xt and x0 must hold batch x L tokens");
   if (dlogits.size() != size_t(Nxt) * V) fail("backward: dlogits must be [batch*L, V]");
-  if (grads.size() != size_t(lay.total())) fail("backward: grads must have the parameter layout's size");
+  if (grads.size() != size_t(lay.total()))
+    fail("backward: grads must have the parameter layout's size");
   BackwardScratch<T> local;
   BackwardScratch<T>& s = scratch ? *scratch : local;
   T* g = grads.data();
@@ -412,21 +451,25 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
       Hf = s.g_hf.data();
     }
     s.g_dhf.resize(size_t(R) * D);
-    grad::linear_backward<T>(G, Hf, R, D, V, W(lay.out_w), g + lay.out_w, g + lay.out_b, s.g_dhf.data());
+    grad::linear_backward<T>(G, Hf, R, D, V, W(lay.out_w), g + lay.out_w, g + lay.out_b,
+                             s.g_dhf.data());
     std::vector<double> da(D, 0.0), dshift(D, 0.0);
-    grad::norm_modulate_backward<T>(R, D, model.final_a().data(), [&](int64_t i) {
-      const int64_t r = s.active[i];
-      const int64_t row = (r / L) * rows_seq + r % L;
-      return grad::NormRow<T>{act.x_out.data() + row * D, act.lnf_mean[r], act.lnf_rstd[r],
-                              s.g_dhf.data() + i * D, s.dx.data() + row * D};
-    }, da.data(), dshift.data());
+    grad::norm_modulate_backward<T>(
+        R, D, model.final_a().data(),
+        [&](int64_t i) {
+          const int64_t r = s.active[i];
+          const int64_t row = (r / L) * rows_seq + r % L;
+          return grad::NormRow<T>{act.x_out.data() + row * D, act.lnf_mean[r], act.lnf_rstd[r],
+                                  s.g_dhf.data() + i * D, s.dx.data() + row * D};
+        },
+        da.data(), dshift.data());
     std::vector<double> dmod(2 * size_t(D));
     std::copy(dshift.begin(), dshift.end(), dmod.begin());
-    grad::norm_scale_backward<T>(da.data(), D, W(lay.norm_final), model.final_scale().data(), g + lay.norm_final,
-                                 dmod.data() + D);
+    grad::norm_scale_backward<T>(da.data(), D, W(lay.norm_final), model.final_scale().data(),
+                                 g + lay.norm_final, dmod.data() + D);
     if (adaln)
-      grad::modulation_backward<T>(dmod.data(), 2 * D, W(lay.out_ada_w), model.conditioning(), g + lay.out_ada_w,
-                                   g + lay.out_ada_b, dcond);
+      grad::modulation_backward<T>(dmod.data(), 2 * D, W(lay.out_ada_w), model.conditioning(),
+                                   g + lay.out_ada_w, g + lay.out_ada_b, dcond);
     tick(0);
   }
 
@@ -461,7 +504,8 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
       for (int b = 0; b < batch; ++b) slabs.push_back({int64_t(b) * rows_seq, L});
       // dO of the x0 rows is zero: no gradient reaches them through attention.
       for (int b = 0; b < batch; ++b)
-        std::fill(s.dh.begin() + (int64_t(b) * rows_seq + L) * D, s.dh.begin() + (int64_t(b) + 1) * rows_seq * D, T(0));
+        std::fill(s.dh.begin() + (int64_t(b) * rows_seq + L) * D,
+                  s.dh.begin() + (int64_t(b) + 1) * rows_seq * D, T(0));
     } else {
       slabs.push_back({0, N});
     }
@@ -469,30 +513,34 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
     for (const auto& [r0, n] : slabs) {
       // MLP branch. Forward: x_out = x_mid + gate2 * drop(mlp_out);
       // mlp_out = gelu(h2 W0^T + b0) W2^T + b2;  h2 = LN(x_mid) * a2 + shift2.
-      grad::gated_residual_backward<T>(s.dx.data() + r0 * D, a.mlp_out.data() + r0 * D, m.gate2.data(),
-                                       keep_mlp ? keep_mlp + r0 * D : nullptr, keep_scale, n, D,
-                                       s.dy.data() + r0 * D, dgate2);
+      grad::gated_residual_backward<T>(s.dx.data() + r0 * D, a.mlp_out.data() + r0 * D,
+                                       m.gate2.data(), keep_mlp ? keep_mlp + r0 * D : nullptr,
+                                       keep_scale, n, D, s.dy.data() + r0 * D, dgate2);
       tick(4);
-      grad::linear_backward<T>(s.dy.data() + r0 * D, a.mlp_act.data() + r0 * F, n, F, D, W(o.mlp2_w), g + o.mlp2_w,
-                               g + o.mlp2_b, s.dff.data() + r0 * F);
+      grad::linear_backward<T>(s.dy.data() + r0 * D, a.mlp_act.data() + r0 * F, n, F, D,
+                               W(o.mlp2_w), g + o.mlp2_w, g + o.mlp2_b, s.dff.data() + r0 * F);
       grad::gelu_tanh_backward<T>(a.mlp_pre.data() + r0 * F, s.dff.data() + r0 * F, n * F);
-      grad::linear_backward<T>(s.dff.data() + r0 * F, a.h2.data() + r0 * D, n, D, F, W(o.mlp0_w), g + o.mlp0_w,
-                               g + o.mlp0_b, s.dh.data() + r0 * D);
+      grad::linear_backward<T>(s.dff.data() + r0 * F, a.h2.data() + r0 * D, n, D, F, W(o.mlp0_w),
+                               g + o.mlp0_w, g + o.mlp0_b, s.dh.data() + r0 * D);
       tick(1);
-      grad::norm_modulate_backward<T>(n, D, m.a2.data(), [&, r0 = r0](int64_t i) {
-        const int64_t r = r0 + i;
-        return grad::NormRow<T>{a.x_mid.data() + r * D, a.ln2_mean[r], a.ln2_rstd[r], s.dh.data() + r * D,
-                                s.dx.data() + r * D};
-      }, da2.data(), dshift2);
+      grad::norm_modulate_backward<T>(
+          n, D, m.a2.data(),
+          [&, r0 = r0](int64_t i) {
+            const int64_t r = r0 + i;
+            return grad::NormRow<T>{a.x_mid.data() + r * D, a.ln2_mean[r], a.ln2_rstd[r],
+                                    s.dh.data() + r * D, s.dx.data() + r * D};
+          },
+          da2.data(), dshift2);
 
       // Attention branch. Forward: x_mid = x_in + gate1 * drop(att W_out^T);
-      // att = attention(rotary(q), rotary(k), v);  [q k v] = h1 W_qkv^T;  h1 = LN(x_in) * a1 + shift1.
-      grad::gated_residual_backward<T>(s.dx.data() + r0 * D, a.attn_proj.data() + r0 * D, m.gate1.data(),
-                                       keep_attn ? keep_attn + r0 * D : nullptr, keep_scale, n, D,
-                                       s.dy.data() + r0 * D, dgate1);
+      // att = attention(rotary(q), rotary(k), v);  [q k v] = h1 W_qkv^T;  h1 = LN(x_in) * a1 +
+      // shift1.
+      grad::gated_residual_backward<T>(s.dx.data() + r0 * D, a.attn_proj.data() + r0 * D,
+                                       m.gate1.data(), keep_attn ? keep_attn + r0 * D : nullptr,
+                                       keep_scale, n, D, s.dy.data() + r0 * D, dgate1);
       tick(4);
-      grad::linear_backward<T>(s.dy.data() + r0 * D, a.att.data() + r0 * D, n, D, D, W(o.attn_out), g + o.attn_out,
-                               nullptr, s.dh.data() + r0 * D);
+      grad::linear_backward<T>(s.dy.data() + r0 * D, a.att.data() + r0 * D, n, D, D, W(o.attn_out),
+                               g + o.attn_out, nullptr, s.dh.data() + r0 * D);
       tick(2);
     }
     std::fill(s.dqkv.begin(), s.dqkv.end(), T(0));
@@ -510,22 +558,26 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
       attention_backward<Attention>(args, mask);
     }
     tick(3);
-    grad::rotary_backward<T>(s.dqkv.data(), N, D, H, Dh, [L](int64_t i) { return int(i % L); }, cos, sin);
+    grad::rotary_backward<T>(
+        s.dqkv.data(), N, D, H, Dh, [L](int64_t i) { return int(i % L); }, cos, sin);
     tick(4);
-    grad::linear_backward<T>(s.dqkv.data(), a.h1.data(), N, D, 3 * D, W(o.attn_qkv), g + o.attn_qkv, nullptr,
-                             s.dh.data());
+    grad::linear_backward<T>(s.dqkv.data(), a.h1.data(), N, D, 3 * D, W(o.attn_qkv), g + o.attn_qkv,
+                             nullptr, s.dh.data());
     tick(2);
-    grad::norm_modulate_backward<T>(N, D, m.a1.data(), [&](int64_t r) {
-      return grad::NormRow<T>{a.x_in.data() + r * D, a.ln1_mean[r], a.ln1_rstd[r], s.dh.data() + r * D,
-                              s.dx.data() + r * D};
-    }, da1.data(), dshift1);
+    grad::norm_modulate_backward<T>(
+        N, D, m.a1.data(),
+        [&](int64_t r) {
+          return grad::NormRow<T>{a.x_in.data() + r * D, a.ln1_mean[r], a.ln1_rstd[r],
+                                  s.dh.data() + r * D, s.dx.data() + r * D};
+        },
+        da1.data(), dshift1);
 
     // Norm weights and modulation vectors: a1 = norm1 (1 + scale1), a2 = norm2 (1 + scale2).
     grad::norm_scale_backward<T>(da1.data(), D, W(o.norm1), m.scale1.data(), g + o.norm1, dscale1);
     grad::norm_scale_backward<T>(da2.data(), D, W(o.norm2), m.scale2.data(), g + o.norm2, dscale2);
     if (adaln)
-      grad::modulation_backward<T>(dmod.data(), 6 * D, W(o.ada_w), model.conditioning(), g + o.ada_w, g + o.ada_b,
-                                   dcond);
+      grad::modulation_backward<T>(dmod.data(), 6 * D, W(o.ada_w), model.conditioning(),
+                                   g + o.ada_w, g + o.ada_b, dcond);
     tick(4);
   }
 
@@ -533,13 +585,15 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
   s.row_tokens.resize(size_t(N));
   for (int b = 0; b < batch; ++b)
     for (int i = 0; i < rows_seq; ++i)
-      s.row_tokens[size_t(b) * rows_seq + i] = i < L ? xt[size_t(b) * L + i] : x0[size_t(b) * L + i - L];
+      s.row_tokens[size_t(b) * rows_seq + i] =
+          i < L ? xt[size_t(b) * L + i] : x0[size_t(b) * L + i - L];
   grad::embedding_backward<T>(s.row_tokens, s.dx.data(), D, g + lay.embedding);
 
   // ---- Conditioning MLP.
   if (adaln)
-    grad::conditioning_backward<T>(dcond, model.sigma_hidden(), model.sigma_out(), W(lay.sigma2_w), g + lay.sigma0_w,
-                                   g + lay.sigma0_b, g + lay.sigma2_w, g + lay.sigma2_b);
+    grad::conditioning_backward<T>(dcond, model.sigma_hidden(), model.sigma_out(), W(lay.sigma2_w),
+                                   g + lay.sigma0_w, g + lay.sigma0_b, g + lay.sigma2_w,
+                                   g + lay.sigma2_b);
   tick(5);
 }
 
@@ -556,9 +610,10 @@ struct TrainScratch {
 // sequence (the fixtures' nelbo_mean), so the gradient scale is 1 / (batch (L-1)).
 // Accumulates (+=) its gradient into grads and returns the mean loss.
 template <class Model>
-double loss_and_gradient(const Model& model, std::span<const int32_t> xt, std::span<const int32_t> x0, int batch,
-                         std::span<const double> weight, std::span<typename Model::scalar_type> grads,
-                         Dropout dropout = {}, TrainScratch<typename Model::scalar_type>* scratch = nullptr) {
+double loss_and_gradient(const Model& model, std::span<const int32_t> xt,
+                         std::span<const int32_t> x0, int batch, std::span<const double> weight,
+                         std::span<typename Model::scalar_type> grads, Dropout dropout = {},
+                         TrainScratch<typename Model::scalar_type>* scratch = nullptr) {
   using T = typename Model::scalar_type;
   const auto& cfg = model.config();
   const int L = cfg.model_length, V = cfg.vocab_size;
@@ -568,8 +623,8 @@ double loss_and_gradient(const Model& model, std::span<const int32_t> xt, std::s
   model.forward_train(xt, x0, batch, s.act, /*keep_for_backward=*/true, dropout);
   const int64_t tokens = int64_t(batch) * (L - 1);
   s.dlogits.resize(size_t(batch) * L * V);
-  const NelboTerms terms = subs_nelbo<T>(s.act.logits, xt, x0, weight, L, V, cfg.mask_index, nullptr,
-                                         s.dlogits.data(), 1.0 / double(tokens));
+  const NelboTerms terms = subs_nelbo<T>(s.act.logits, xt, x0, weight, L, V, cfg.mask_index,
+                                         nullptr, s.dlogits.data(), 1.0 / double(tokens));
   backward(model, xt, x0, s.act, std::span<const T>(s.dlogits), grads, &s.backward);
   return terms.loss_sum / double(terms.tokens);
 }
