@@ -62,6 +62,7 @@ namespace scalar {
 // The twin of simd::gemm (see there for the operands): the same FMA chains in the same order.
 inline void gemm(const GemmOperands& o, int64_t M, int64_t K, int64_t N) {
   constexpr int64_t KC = GemmBlocking::depth;
+  if (K <= 0 && o.accumulate) return;  // nothing to add (y keeps even the sign of a zero)
   for (int64_t i = 0; i < M; ++i)
     for (int64_t j = 0; j < N; ++j) {
       float& y = o.y[i * o.ldy + j];
