@@ -53,8 +53,9 @@ using MapV = Eigen::Map<Vec<T>>;
 // ---------------------------------------------------------------------------------------
 // Thread-split GEMMs. Eigen's own OpenMP GEMM loses up to 4x on this project's shapes
 // (e.g. dW [768, 256] += dY^T X over 2048 rows on 2 cores); splitting the output into one
-// contiguous slab per thread, each a single-threaded Eigen GEMM (Eigen does not nest
-// inside a parallel region), runs at the single-core rate on every core.
+// contiguous slab per thread, each a single-threaded GEMM (kernels/sgemm.hpp for float
+// with AVX-512, else Eigen's, which does not nest inside a parallel region), runs at the
+// single-core rate on every core.
 template <class T>
 using StridedCMap = Eigen::Map<const RowMat<T>, 0, Eigen::OuterStride<>>;
 
