@@ -77,7 +77,7 @@ struct DecodeCase {
     a.out = out.data(), a.ldo = dim();
     a.lse = lse.data();
     a.nq = nq(), a.nk = nk(), a.n_heads = n_heads, a.head_dim = head_dim;
-    attention_forward<Backend>(a, mask);
+    Backend::forward(a, mask);
     return {out, lse};
   }
 };

@@ -322,11 +322,11 @@ TEST_CASE("SIMD GELU backward matches its scalar twin", "[backward][kernels]") {
   x[0] = 0.f, x[1] = -0.f, x[2] = 30.f, x[3] = -30.f, x[4] = 1e-20f, x[5] = -1e30f, x[6] = 1e30f;
   for (auto& v : d) v = normal(rng);
   ds = d, dv = d;
-  grad::gelu_tanh_backward_scalar<float>(x.data(), ds.data(), int64_t(x.size()));
-  grad::gelu_tanh_backward_simd(x.data(), dv.data(), int64_t(x.size()));
+  layers::gelu_backward_scalar<float>(x.data(), ds.data(), int64_t(x.size()));
+  layers::gelu_backward_simd(x.data(), dv.data(), int64_t(x.size()));
   std::vector<double> dd(d.begin(), d.end());
   std::vector<double> xd(x.begin(), x.end());
-  grad::gelu_tanh_backward_scalar<double>(xd.data(), dd.data(), int64_t(x.size()));
+  layers::gelu_backward_scalar<double>(xd.data(), dd.data(), int64_t(x.size()));
   for (size_t i = 0; i < x.size(); ++i) {
     INFO("x = " << x[i]);
     REQUIRE(std::isfinite(dv[i]));

@@ -1,9 +1,8 @@
 #pragma once
-// Masked multi-head softmax attention, forward, for the three backends
-// (policies/attention.hpp). Shapes: q [nq, ldq] (head h at columns [h*Dh, (h+1)*Dh)),
+// Masked multi-head softmax attention, forward: the masks, the argument block and the
+// kernels the attention backends run (policies/attention/*.hpp). Shapes: q [nq, ldq] (head h at columns [h*Dh, (h+1)*Dh)),
 // k, v [nk, ld], out [nq, ldo]; the mask says which keys each query may see.
 #include <bd3/kernels/kernels.hpp>
-#include <bd3/policies/attention.hpp>
 
 #include <omp.h>
 #include <Eigen/Dense>
@@ -527,19 +526,5 @@ void attention_decode(const AttentionArgs<T>& a, const DecodeMask& mask) {
 }
 
 }  // namespace detail
-
-template <AttentionBackend A, class T, class Mask>
-void attention_forward(const AttentionArgs<T>& args, const Mask& mask) {
-  if constexpr (A::kind == AttentionKind::scalar) {
-    detail::attention_dense<T, Mask, false>(args, mask);
-  } else if constexpr (A::kind == AttentionKind::simd) {
-    detail::attention_dense<T, Mask, true>(args, mask);
-  } else {
-    if constexpr (std::is_same_v<Mask, DecodeMask>)
-      if (mask.block_size <= detail::decode_kernel_max_rows)
-        return detail::attention_decode(args, mask);
-    detail::attention_block_sparse<T>(args, mask);
-  }
-}
 
 }  // namespace bd3

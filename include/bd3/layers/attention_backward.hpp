@@ -16,7 +16,6 @@
 // buffers, summed into dk/dv at the end (rows split across threads: no races).
 #include <bd3/kernels/kernels.hpp>
 #include <bd3/layers/attention.hpp>
-#include <bd3/policies/attention.hpp>
 
 #include <omp.h>
 #include <Eigen/Dense>
@@ -221,16 +220,5 @@ void attention_block_sparse_backward(const AttentionGradArgs<T>& a, const Mask& 
 }
 
 }  // namespace detail
-
-// The backward of attention_forward<A>(args, mask): accumulates dq, dk, dv.
-template <AttentionBackend A, class T, class Mask>
-void attention_backward(const AttentionGradArgs<T>& args, const Mask& mask) {
-  if constexpr (A::kind == AttentionKind::scalar)
-    detail::attention_dense_backward<T, Mask, false>(args, mask);
-  else if constexpr (A::kind == AttentionKind::simd)
-    detail::attention_dense_backward<T, Mask, true>(args, mask);
-  else
-    detail::attention_block_sparse_backward<T>(args, mask);
-}
 
 }  // namespace bd3
