@@ -98,7 +98,7 @@ struct TrainActivations {
 // (qkv, attention output, MLP in and out, output layer):
 //  - f32: the parameters themselves, row by row (the default; no copy);
 //  - f32_packed: a float32 copy in the packed tiles of kernels/gemm.hpp (4 more bytes per
-//    weight; streams nearer the memory bandwidth: bd3 bench, docs/benchmarks.md);
+//    weight; streams nearer the memory bandwidth: bd3 bench, docs/performance.md);
 //  - bf16: a packed bfloat16 copy, half the bytes of f32, each weight rounded to the
 //    nearest bfloat16 (2 more bytes per weight).
 // The arithmetic stays float32; embeddings, biases and norms stay float32. f32 and
