@@ -17,7 +17,7 @@ step "1/6 Debian packages"
 step "2/6 building the bd3 program (Release)"
 # clang by default (CXX=g++ for GCC): GCC 12 compiles Eigen's GEMM kernel with spilled
 # registers and re-loaded operands, which costs the forward and training passes a quarter
-# of their speed (docs/benchmarks.md, "Compilers").
+# of their speed (docs/performance.md, "Compilers").
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CXX_COMPILER="${CXX:-clang++}" >/dev/null
 cmake --build "$build" --target bd3_cli -j "$(nproc)"

@@ -10,7 +10,7 @@ export BD3_CORPUS=${BD3_CORPUS:-$build/corpus/kjv.txt}
 "$root/scripts/get_corpus.sh" "$BD3_CORPUS"
 # clang by default (CXX=g++ for GCC): GCC 12 compiles Eigen's GEMM kernel with spilled
 # registers and re-loaded operands, which costs the forward and training passes a quarter
-# of their speed (docs/benchmarks.md, "Compilers").
+# of their speed (docs/performance.md, "Compilers").
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CXX_COMPILER="${CXX:-clang++}" -DCMAKE_CXX_FLAGS="${CXXFLAGS:-}" >/dev/null
 cmake --build "$build" -j "$(nproc)"

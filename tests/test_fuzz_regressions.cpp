@@ -32,6 +32,7 @@ const std::map<std::string, EntryPoint>& entry_points() {
       {"fuzz_token_cache", bd3::fuzz::token_cache},
       {"fuzz_trainer_state", bd3::fuzz::trainer_state},
       {"fuzz_cases_json", bd3::fuzz::cases_json},
+      {"fuzz_npy", bd3::fuzz::npy},
   };
   return entries;
 }
@@ -106,7 +107,7 @@ TEST_CASE("fuzz regressions: trainer_state.json integers and hyper-parameters ar
     return error_of([&] { bd3::train::TrainerState::from_json(j, "trainer_state.json"); });
   };
   CHECK(error_with([](nlohmann::json&) {}).empty());
-  // A fraction or an out-of-range number used to reach get<int64_t>() (undefined behaviour).
+  // A fraction or an out-of-range number must not reach get<int64_t>() (undefined behaviour).
   CHECK_THAT(error_with([](nlohmann::json& j) { j["step"] = 1e300; }),
              Catch::Contains("trainer_state.json: \"step\" must be an integer"));
   CHECK_THAT(error_with([](nlohmann::json& j) { j["options"]["batch"] = 2.5; }),
@@ -123,7 +124,7 @@ TEST_CASE("fuzz regressions: trainer_state.json integers and hyper-parameters ar
 }
 
 TEST_CASE("fuzz regressions: messages name the values as written", "[fuzz]") {
-  // Integers above INT64_MAX used to be printed wrapped around (as -1).
+  // Integers above INT64_MAX are printed as written, not wrapped around (as -1).
   CHECK_THAT(error_of([] {
                bd3::parse_config_json(
                    R"({"block_size": 4, "vocab_size": 18446744073709551615, "model_length": 32,
@@ -138,7 +139,7 @@ TEST_CASE("fuzz regressions: messages name the values as written", "[fuzz]") {
                                                 config);
              }),
              Catch::Contains("noisy_block holds id 18446744073709551615, outside [0, 97)"));
-  // A "train" that is not an object used to escape as nlohmann's type_error.
+  // A "train" that is not an object is our error, not nlohmann's type_error.
   CHECK_THAT(error_of([&] { bd3::io::parse_parity_cases_text(R"({"train": [1, 2]})", config); }),
              Catch::Equals("cases.json: train must be an object"));
 }
@@ -160,4 +161,19 @@ TEST_CASE("fuzz regressions: a tokenizer with added special tokens saves and loa
   const std::string text = "a<|pad|>b<|endoftext|>";
   CHECK(loaded.encode(text, true) == tokenizer.encode(text, true));
   fs::remove_all(dir);
+}
+
+TEST_CASE("fuzz regressions: .npy sizes that overflow are refused before allocating", "[fuzz]") {
+  const fs::path dir = kRegressions / "fuzz_npy";
+  CHECK_THAT(error_of([&] { bd3::io::read_npy(dir / "shape_overflow.npy"); }),
+             Catch::Contains("overflows 64-bit element count"));
+  CHECK_THAT(error_of([&] { bd3::io::read_npy(dir / "byte_count_overflow.npy"); }),
+             Catch::Contains("overflows 64-bit byte count"));
+  CHECK_THAT(error_of([&] { bd3::io::read_npy(dir / "header_past_end.npy"); }),
+             Catch::Contains("runs past the end of the file"));
+  // float64 beyond float's range narrows to infinity (a plain cast would be undefined).
+  const auto a = bd3::io::read_npy(dir / "f64_out_of_float_range.npy");
+  REQUIRE(a.data.size() == 2);
+  CHECK(a.data[0] == std::numeric_limits<float>::infinity());
+  CHECK(a.data[1] == -std::numeric_limits<float>::infinity());
 }

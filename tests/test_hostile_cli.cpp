@@ -554,7 +554,7 @@ TEST_CASE("a 16 MB single line encodes in reasonable time and round-trips",
     CHECK(ids >= n / 64);  // sane: neither empty nor absurdly compressed
     CHECK(ids <= n);
     CHECK(seconds <
-          30 * kSlowdown);  // a hang guard, not a speed check (docs/benchmarks.md has those)
+          30 * kSlowdown);  // a hang guard, not a speed check (docs/performance.md has those)
   }
 }
 

@@ -8,7 +8,7 @@
 // out shrinking chunks, each a stream restarted at a new address: `small`'s 49 decode
 // matrices (4 rows, 2 threads) ran at 0.80-0.83 of the read bandwidth guided and 0.85-0.87
 // with shares when the machine read over 42 GB/s, 0.93-0.97 and 0.96-0.98 when it read
-// ~30 (docs/benchmarks.md). Every index is claimed exactly once, by one thread, so what a
+// ~30 (docs/performance.md). Every index is claimed exactly once, by one thread, so what a
 // loop body computes does not depend on which thread ran it.
 #include <atomic>
 #include <cstdint>

@@ -404,7 +404,7 @@ void packed_tile(const float* x, int64_t K, const Wt* tile, const float* b, floa
 // outputs go from the accumulators (+ bias) straight into y; only the last, partial tile
 // goes through a buffer. (With the kernel picked per tile and every tile stored through a
 // buffer, the 49 matrices of a `small` decode call, 4 rows, ran at 0.69-0.74 of the read
-// bandwidth when the machine read 52-55 GB/s; now 0.80-0.83. docs/benchmarks.md.)
+// bandwidth when the machine read 52-55 GB/s; now 0.80-0.83. docs/performance.md.)
 template <DecodeWeight Wt, Epilogue Ep = Epilogue::none>
 void linear_packed(const float* x, int64_t M, int64_t K, const Wt* P, const float* b, int64_t N,
                    float* y) {

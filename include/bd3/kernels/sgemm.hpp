@@ -3,7 +3,7 @@
 // the vectorized training forward (2,048 rows against each weight matrix). Eigen's GEMM
 // (48 x 4 tiles) ran these shapes at 60-67 % of a Granite Rapids' FMA peak and its
 // packing took another 8 % of the forward; this kernel is the classic blocked GEMM
-// (docs/benchmarks.md, "A GEMM of our own"):
+// (docs/performance.md, "A GEMM of our own"):
 //  - the x rows are packed per KC-deep slab into panels of MR = 12 rows, k-major (12
 //    floats per k, broadcast one by one: an L1-resident micro-panel of 18 KiB);
 //  - W is packed per (NC columns x KC) block into panels of NR = 32 columns, k-major (two

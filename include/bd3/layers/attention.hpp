@@ -295,7 +295,7 @@ inline constexpr int decode_kernel_max_rows = 32;
 // cache. Each line of keys costs a row's FMAs and its share of the reductions, so the
 // out-of-order window alone holds too few lines in flight for memory. On a Zen 4 (small's 12
 // layers, 4 rows, 2 threads, each pass alternating with a read-bandwidth probe; see
-// docs/benchmarks.md) it read 17-19 GB/s without prefetching when the probe read 49-54, and
+// docs/performance.md) it read 17-19 GB/s without prefetching when the probe read 49-54, and
 // 26-27 GB/s with prefetcht1 or prefetcht2 4-16 KiB ahead; the hints that fill L1
 // (prefetchnta, prefetcht0) were no faster than none here, and 2 KiB was too short. (On a
 // Granite Rapids prefetchnta also held the linear kernels to half the bandwidth; they now
