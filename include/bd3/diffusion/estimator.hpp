@@ -25,6 +25,7 @@
 // ids): every draw is a function of its key and position in the stream, never of the
 // thread count, and its whole state is two integers.
 #include <bd3/diffusion/nelbo.hpp>
+#include <bd3/detail/random.hpp>
 #include <bd3/error.hpp>
 #include <bd3/model/model.hpp>
 
@@ -67,11 +68,7 @@ class CounterRng {
   uint64_t key() const { return key_; }
   uint64_t counter() const { return counter_; }
 
-  static uint64_t mix(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  static uint64_t mix(uint64_t z) { return detail::mix64(z); }
   static uint64_t derive_key(uint64_t seed, std::initializer_list<uint64_t> stream) {
     uint64_t k = mix(seed + kGamma);
     for (uint64_t s : stream) k = mix(k ^ mix(s + 0x632BE59BD9B4E019ull));
@@ -79,7 +76,7 @@ class CounterRng {
   }
 
  private:
-  static constexpr uint64_t kGamma = 0x9E3779B97F4A7C15ull;
+  static constexpr uint64_t kGamma = detail::golden_gamma;
   uint64_t key_ = 0;
   uint64_t counter_ = 0;
 };

@@ -6,8 +6,10 @@
 #include <cmath>
 #include <concepts>
 #include <numbers>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 
 namespace bd3 {
@@ -49,8 +51,16 @@ struct Log {
 };
 }  // namespace noise
 
-// A schedule is used through an instance (so a run-time choice, RuntimeNoise, is a
-// policy too): s.p(t), s.w(t), s.name().
+// The contract of a noise schedule. A schedule is used through an instance (so a
+// run-time choice, RuntimeNoise, is a policy too):
+//   s.name()  its name, recorded in checkpoints and parsed back (unique among schedules);
+//   s.p(t)    the masking probability at time t in (0, 1], increasing, p(1) close to 1;
+//   s.w(t)    the positive NELBO weight, w(t) = p'(t) / p(t) (the reference returns -w;
+//             its cosine schedule divides by p(t) + eps); with another w the loss is no
+//             longer a bound on the likelihood. tests/test_extending.cpp checks every
+//             built-in schedule against a finite difference of p.
+// A schedule of one's own is a type with these three members (docs/extending.md); to
+// choose it at run time (CLI, checkpoints) add it to AnyNoise below.
 template <class S>
 concept NoiseSchedule = std::copyable<S> && requires(const S s, double t) {
   { s.name() } -> std::convertible_to<std::string_view>;
@@ -58,18 +68,36 @@ concept NoiseSchedule = std::copyable<S> && requires(const S s, double t) {
   { s.w(t) } -> std::convertible_to<double>;
 };
 
-// A schedule chosen at run time (CLI, checkpoints): one of the five policy types.
+// The schedules a run-time choice can name: one list, from which parsing, the error
+// message and RuntimeNoise follow.
 using AnyNoise =
     std::variant<noise::LogLinear, noise::Cosine, noise::Square, noise::SquareRoot, noise::Log>;
 
+// The names of AnyNoise's schedules, "a, b, c or d".
+inline std::string noise_names() {
+  std::string out;
+  constexpr size_t n = std::variant_size_v<AnyNoise>;
+  [&]<size_t... I>(std::index_sequence<I...>) {
+    ((out += (I == 0 ? "" : I + 1 == n ? " or " : ", "),
+      out += std::variant_alternative_t<I, AnyNoise>{}.name()),
+     ...);
+  }(std::make_index_sequence<n>{});
+  return out;
+}
+
+// The schedule named `name`; a usage error naming the known ones otherwise.
 inline AnyNoise noise_from_name(std::string_view name) {
-  if (name == noise::LogLinear::name()) return noise::LogLinear{};
-  if (name == noise::Cosine::name()) return noise::Cosine{};
-  if (name == noise::Square::name()) return noise::Square{};
-  if (name == noise::SquareRoot::name()) return noise::SquareRoot{};
-  if (name == noise::Log::name()) return noise::Log{};
-  fail_usage("unknown noise schedule '" + std::string(name) +
-             "' (expected loglinear, cosine, square, square_root or log)");
+  std::optional<AnyNoise> found;
+  [&]<size_t... I>(std::index_sequence<I...>) {
+    ((!found && std::variant_alternative_t<I, AnyNoise>{}.name() == name
+          ? void(found = std::variant_alternative_t<I, AnyNoise>{})
+          : void()),
+     ...);
+  }(std::make_index_sequence<std::variant_size_v<AnyNoise>>{});
+  if (!found)
+    fail_usage("unknown noise schedule '" + std::string(name) + "' (expected " + noise_names() +
+               ")");
+  return *found;
 }
 
 // The schedule chosen at run time, as a policy (the CLI's models use it).

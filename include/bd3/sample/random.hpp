@@ -4,16 +4,13 @@
 // with the same result. Each (seed, sequence, attempt) gets its own stream, which makes a
 // sequence's tokens independent of the thread count and of the other sequences in its
 // batch.
+#include <bd3/detail/random.hpp>
+
 #include <cstdint>
 
 namespace bd3::sample {
 
-// The SplitMix64 finaliser: a bijection on 64 bits with full avalanche.
-constexpr uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+using bd3::detail::mix64;  // the SplitMix64 finaliser (detail/random.hpp)
 
 class RandomStream {
  public:
@@ -22,14 +19,14 @@ class RandomStream {
 
   // The stream of one sequence's attempt under a seed.
   static RandomStream derive(uint64_t seed, uint64_t sequence, uint64_t attempt) {
-    uint64_t k = mix64(seed + 0x9e3779b97f4a7c15ULL);
+    uint64_t k = mix64(seed + bd3::detail::golden_gamma);
     k = mix64(k ^ (sequence * 0xd1b54a32d192ed03ULL + 0x8cb92ba72f3d8dd7ULL));
     k = mix64(k ^ (attempt * 0xaf251af3b0f025b5ULL + 0x5851f42d4c957f2dULL));
     return RandomStream(k);
   }
 
   // Value i: hashing i first keeps streams with nearby keys from overlapping.
-  uint64_t at(uint64_t i) const { return mix64(key_ + mix64(i + 0x9e3779b97f4a7c15ULL)); }
+  uint64_t at(uint64_t i) const { return mix64(key_ + mix64(i + bd3::detail::golden_gamma)); }
   // Uniform in (0, 1) with 53 random bits; never 0, so -log(u) is finite.
   double uniform_at(uint64_t i) const { return (double(at(i) >> 11) + 0.5) * 0x1.0p-53; }
 

@@ -26,6 +26,7 @@
 // A cache whose version or fingerprint differs is stale and rebuilt; a cache with a
 // wrong magic, a wrong size (truncated or trailing bytes) or an id outside the
 // tokenizer's vocabulary is an error (never silently trusted or overwritten).
+#include <bd3/detail/random.hpp>
 #include <bd3/error.hpp>
 #include <bd3/io/atomic_file.hpp>
 #include <bd3/text/detail/files.hpp>
@@ -115,16 +116,11 @@ void put(std::string& out, T v) {
   out.append(reinterpret_cast<const char*>(&v), sizeof v);
 }
 
-// splitmix64: a small, well-mixed generator whose sequence is the same everywhere.
+// SplitMix64 (detail/random.hpp) as a sequential generator: the same sequence everywhere.
 class SplitMix64 {
  public:
   explicit SplitMix64(uint64_t seed) : state_(seed) {}
-  uint64_t next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
+  uint64_t next() { return bd3::detail::mix64(state_ += bd3::detail::golden_gamma); }
   // Uniform in [0, bound) up to a bias below bound / 2^64.
   uint64_t below(uint64_t bound) { return next() % bound; }
 

@@ -65,6 +65,11 @@ class Trainer {
   Trainer(Model model, const TrainOptions& options, const text::Corpus& corpus)
       : model_(std::move(model)), options_(options), corpus_(&corpus) {
     options_.validate();
+    const std::string schedule(model_.noise().name());
+    if (options_.noise != schedule && options_.noise != TrainOptions{}.noise)
+      fail_usage("the training options name the noise schedule '" + options_.noise +
+                 "' but the model's schedule is '" + schedule + "'");
+    options_.noise = schedule;
     options_.clip.resample = options_.resample;
     options_.clip.max_resample_tries = options_.max_resample_tries;
     check_corpus();
@@ -83,6 +88,9 @@ class Trainer {
   Trainer(Model model, const TrainingCheckpoint& ck, const text::Corpus& corpus)
       : model_(std::move(model)), options_(ck.state.options), corpus_(&corpus) {
     options_.validate();
+    if (options_.noise != model_.noise().name())
+      fail("the checkpoint was trained with the noise schedule '" + options_.noise +
+           "' but the model's schedule is '" + std::string(model_.noise().name()) + "'");
     check_corpus();
     const size_t n = model_.parameters().size();
     if (ck.weights.size() != n || ck.exp_avg.size() != n || ck.exp_avg_sq.size() != n ||

@@ -86,6 +86,9 @@ Int json_integer(const nlohmann::json& object, const char* key, const std::strin
 
 // Every hyper-parameter of a run (the model's shape is in ModelConfig).
 struct TrainOptions {
+  // The noise schedule's name. The trainer records the model's own (its schedule type's
+  // name()), so a checkpoint names the schedule that trained it; a different name here
+  // other than the default is refused.
   std::string noise = "loglinear";
   int batch = 8;
   int accumulate = 1;    // micro-batches per optimizer step
