@@ -15,6 +15,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -258,4 +260,30 @@ TEST_CASE("the run-time schedule list names every built-in schedule", "[extendin
   CHECK_THROWS_WITH(noise_from_name("cubic"),
                     "unknown noise schedule 'cubic' (expected loglinear, cosine, square, "
                     "square_root or log)");
+}
+
+namespace {
+std::string slurp(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+}  // namespace
+
+TEST_CASE("docs/extending.md shows the files this test compiles", "[extending][docs]") {
+  const std::filesystem::path root = std::filesystem::path(BD3_TEST_DATA_DIR) / ".." / "..";
+  const std::string doc = slurp(root / "docs" / "extending.md");
+  int shown = 0;
+  for (std::string file : {"tests/extending/cubic_schedule.hpp",
+                           "tests/extending/reference_attention.hpp"}) {
+    INFO("file " << file);
+    const std::string marker = "<!-- " + file + " -->\n```cpp\n";
+    const size_t at = doc.find(marker);
+    REQUIRE(at != std::string::npos);
+    const size_t begin = at + marker.size(), end = doc.find("```\n", begin);
+    REQUIRE(end != std::string::npos);
+    CHECK(doc.substr(begin, end - begin) == slurp(root / file));
+    ++shown;
+  }
+  CHECK(shown == 2);
 }

@@ -109,32 +109,32 @@ void pack_weights(const float* W, int64_t N, int64_t K, Wt* P) {
 namespace simd {
 namespace detail {
 // How far ahead (in bytes) dot_rows asks for W: the hardware prefetcher alone leaves the
-// FMA loop waiting on memory. On the `small` output layer (768 x 50258, 154 MB, 2 threads;
-// bench_kernels BM_linear when it still kept W on 4 KiB pages): 4 rows 25.0 -> 26.5 GB/s,
-// 8 rows 17.4 -> 21.1; a scan of distances put the best at 1 KiB for 4 rows and 2 KiB for 8,
-// farther being slower. (Streaming two W rows at once instead, for more FMA chains, was slower from
+// FMA loop waiting on memory. On the `small` output layer (768 x 50258, 154 MB, 2 threads,
+// W on 4 KiB pages; bench_kernels BM_linear): 4 rows 25.0 -> 26.5 GB/s, 8 rows 17.4 ->
+// 21.1; a scan of distances put the best at 1 KiB for 4 rows and 2 KiB for 8, farther
+// being slower. (Streaming two W rows at once instead, for more FMA chains, was slower from
 // memory: 25 -> 15 GB/s for 4 rows.) The same distance serves bfloat16 weights: 2 and 4
 // times farther measured even on the same layer. With AVX-512 a line is one load, so the
-// same lead in time is more bytes: on a Granite Rapids (2026-12-03, small's 49 decode
-// matrices, 4 rows, 2 threads, paired with a read probe) 1 KiB read at 0.80-0.82 of the
-// probe, 2 KiB 0.91-0.92, 4 KiB 0.95.
+// same lead in time is more bytes: on a Granite Rapids (small's 49 decode matrices, 4 rows,
+// 2 threads, paired with a read probe) 1 KiB read at 0.80-0.82 of the probe, 2 KiB
+// 0.91-0.92, 4 KiB 0.95.
 using batch = xsimd::batch<float>;
 template <int R>
 inline constexpr int64_t prefetch_bytes = batch::size >= 16 ? 4096
                                           : R <= 4          ? 1024
                                                             : 2048;
 
-// The prefetches ask for L2 (prefetcht1), not L1 only (prefetchnta, until 2026-12-03): on
-// a Granite Rapids, whose core reaches memory through many more L2 than L1 misses in
-// flight, prefetchnta held both decode kernels to 0.42-0.54 of the read probe against
-// 0.93-0.96 with prefetcht1 or prefetcht2 (and 0.74-0.76 with no prefetch at all); on the
-// Zen 4 the hints measured the same.
+// The prefetches ask for L2 (prefetcht1), not L1 only (prefetchnta): a Granite Rapids core
+// reaches memory through many more L2 than L1 misses in flight, and prefetchnta held both
+// decode kernels there to 0.42-0.54 of the read probe against 0.93-0.96 with prefetcht1
+// or prefetcht2 (0.74-0.76 with no prefetch at all); on a Zen 4 the hints measure the
+// same.
 inline constexpr int prefetch_locality = 2;
 
 // The packed kernel's distance. With AVX-512 a 64-byte line of a tile is one load and 4
 // FMAs for 4 rows, half the AVX2 kernel's time per line, so the same distance in time is
-// twice as many bytes; measured on a Zen 4 (2026-12-02, small's 49 decode matrices, 4 rows,
-// 2 threads, each pass paired with a read-bandwidth probe): fraction of the probe's
+// twice as many bytes; measured on a Zen 4 (small's 49 decode matrices, 4 rows, 2 threads,
+// each pass paired with a read-bandwidth probe): fraction of the probe's
 // bandwidth 0.78-0.80 at 1 KiB, 0.83-0.85 at 4 KiB (2, 3, 6, 8 and 16 KiB lower) when the
 // probe read 43 GB/s; all within 0.92-0.96 when it read 33. The T0-T2 hints were no
 // better than NTA there; on a Granite Rapids 4 KiB with prefetcht1 read at 0.93-0.95 of
@@ -217,9 +217,8 @@ void dot_rows(const float* x, int64_t K, const Wt* w, float* out) {
 template <int R, class Wt>
 void linear_rows(const float* x, int64_t K, const Wt* W, const float* b, int64_t N, float* y,
                  int64_t ldy) {
-  // (Two rows of W per step, for more FMA chains, measured slower: 36 vs 29 ms per NFE on
-  // "small", and again on 2026-11-28 with huge pages: 31 vs 25 ms; memory-bound rows gain
-  // nothing from more chains. With bfloat16 weights too: 1 row 3.0-3.5 -> 4.4-5.4 ms on
+  // (Two rows of W per step, for more FMA chains, measure slower: 36 vs 29 ms per NFE on
+  // "small", 31 vs 25 ms with huge pages; memory-bound rows gain nothing from more chains. With bfloat16 weights too: 1 row 3.0-3.5 -> 4.4-5.4 ms on
   // the `small` output layer.)
 #pragma omp parallel for schedule(static) if (N * K > 65536)
   for (int64_t j = 0; j < N; ++j) {
@@ -402,9 +401,9 @@ void packed_tile(const float* x, int64_t K, const Wt* tile, const float* b, floa
 // once from memory; more rows go 4 at a time over the tile (then in L1 or L2), 6 loads
 // per 8 FMAs. The row count's kernel is picked once, outside the loop, and a whole tile's
 // outputs go from the accumulators (+ bias) straight into y; only the last, partial tile
-// goes through a buffer. (With the kernel picked per tile and every tile stored through a
-// buffer, the 49 matrices of a `small` decode call, 4 rows, ran at 0.69-0.74 of the read
-// bandwidth when the machine read 52-55 GB/s; now 0.80-0.83. docs/performance.md.)
+// goes through a buffer. (Picking the kernel per tile and storing every tile through a
+// buffer costs: the 49 matrices of a `small` decode call, 4 rows, read at 0.69-0.74 of a
+// 52-55 GB/s read bandwidth that way against 0.80-0.83 this way. docs/performance.md.)
 template <DecodeWeight Wt, Epilogue Ep = Epilogue::none>
 void linear_packed(const float* x, int64_t M, int64_t K, const Wt* P, const float* b, int64_t N,
                    float* y) {

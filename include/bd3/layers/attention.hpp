@@ -297,9 +297,8 @@ inline constexpr int decode_kernel_max_rows = 32;
 // layers, 4 rows, 2 threads, each pass alternating with a read-bandwidth probe; see
 // docs/performance.md) it read 17-19 GB/s without prefetching when the probe read 49-54, and
 // 26-27 GB/s with prefetcht1 or prefetcht2 4-16 KiB ahead; the hints that fill L1
-// (prefetchnta, prefetcht0) were no faster than none here, and 2 KiB was too short. (On a
-// Granite Rapids prefetchnta also held the linear kernels to half the bandwidth; they now
-// prefetch into L2 too: kernels/gemm.hpp.)
+// (prefetchnta, prefetcht0) were no faster than none, and 2 KiB was too short. (The linear
+// kernels prefetch into L2 too, for the same reason: kernels/gemm.hpp.)
 inline constexpr int64_t decode_prefetch_bytes = 4096;
 template <class T>
 inline void prefetch_to_l2(const T* p) {
