@@ -11,6 +11,8 @@
 #include <bd3/io/parity_cases.hpp>
 #include <bd3/train/trainer_state.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -297,6 +299,41 @@ inline void cases_json(std::string_view text) {
       for (const auto& step : *cases.kv_cache)
         for (int32_t id : step.noisy_block)
           check(id >= 0 && id < config.vocab_size, "kv_cache id in range");
+  } catch (const Error&) {
+  }
+}
+
+// .npy (io::read_npy, which reads a path: the input goes through a file of this process)
+// and, for an accepted array, the write_npy round trip.
+inline void npy(std::string_view data) {
+  static const std::filesystem::path dir = [] {
+    auto d = std::filesystem::temp_directory_path() /
+             ("bd3_fuzz_npy_" + std::to_string(static_cast<long>(::getpid())));
+    std::filesystem::create_directories(d);
+    return d;
+  }();
+  const auto path = dir / "input.npy", again_path = dir / "again.npy";
+  {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    check(f != nullptr, "the fuzz input file opens");
+    check(std::fwrite(data.data(), 1, data.size(), f) == data.size() && std::fclose(f) == 0,
+          "the fuzz input file is written");
+  }
+  try {
+    const auto array = io::read_npy(path);
+    int64_t numel = 1;
+    for (int64_t d : array.shape) {
+      check(d >= 0, "an accepted shape has no negative dimension");
+      numel *= d;
+    }
+    check(size_t(numel) == array.data.size(), "the data fill the shape");
+    io::write_npy(again_path, array.shape, array.data);
+    const auto again = io::read_npy(again_path);
+    check(again.shape == array.shape, "rewrite keeps the shape");
+    check(again.data.size() == array.data.size() &&
+              std::memcmp(again.data.data(), array.data.data(),
+                          array.data.size() * sizeof(float)) == 0,
+          "rewrite keeps the values");
   } catch (const Error&) {
   }
 }
