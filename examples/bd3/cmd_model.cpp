@@ -1,5 +1,6 @@
 // bd3 forward | inspect | bench: the core commands over a checkpoint or a preset.
 #include <bd3/bd3.hpp>
+#include <bd3/io/parity_cases.hpp>
 #include <bd3/detail/huge_pages.hpp>
 #include <bd3/kernels/simd.hpp>
 #include <bd3/train/backward.hpp>

@@ -1,7 +1,7 @@
 // The README's library example: load a checkpoint and sample from it with bd3::sample::Sampler.
 // Usage: readme_sample MODEL_DIR   (config.json + model.safetensors, and a tokenizer if the
 // directory has one: tokenizer.json, or vocab.json + merges.txt)
-#include <bd3/bd3.hpp>
+#include <bd3/inference.hpp>
 
 #include <algorithm>
 #include <cstdio>
