@@ -109,7 +109,61 @@ void BM_DecodeAttention(benchmark::State& state) {
                                               benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The block size fixed in the model's type (BlockSize<B>) against the same size at run time
+// (BlockSize<dynamic>), mid preset: argument 0 = training forward, 1 = decode of one block
+// against a full window. Whatever differs is what the compiler makes of a constant B'.
+template <class Block, int B>
+void BM_BlockSizePolicy(benchmark::State& state) {
+  using Model = bd3::BlockDiffusionModel<Block, bd3::noise::LogLinear, bd3::BlockSparseAttention>;
+  auto config = preset(false);
+  config.block_size = B;
+  Model model(config);
+  randomize(model);
+  const auto& c = model.config();
+  std::mt19937 rng(2);
+  std::vector<int32_t> x0(c.model_length), xt(c.model_length), block(B, 1);
+  for (int i = 0; i < c.model_length; ++i) {
+    x0[i] = int32_t(rng() % (c.vocab_size - 1));
+    xt[i] = rng() % 2 ? c.mask_index : x0[i];
+  }
+  bd3::TrainActivations<float> act;
+  bd3::KVCache<float> cache(c, 1);
+  while (cache.length() < c.model_length - B) model.commit_block(block, cache);
+  std::fill(block.begin(), block.end(), c.mask_index);
+  std::vector<float> logits;
+  for (auto _ : state) {
+    if (state.range(0) == 0) {
+      model.forward_train(xt, x0, 1, act);
+      benchmark::DoNotOptimize(act.logits.data());
+    } else {
+      model.forward_block(block, cache, logits);
+      benchmark::DoNotOptimize(logits.data());
+    }
+  }
+}
+
 }  // namespace
+
+BENCHMARK_TEMPLATE(BM_BlockSizePolicy, bd3::BlockSize<4>, 4)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_BlockSizePolicy, bd3::BlockSize<bd3::dynamic>, 4)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_BlockSizePolicy, bd3::BlockSize<16>, 16)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_BlockSizePolicy, bd3::BlockSize<bd3::dynamic>, 16)
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // First argument: 0 = mid preset, 1 = small preset.
 BENCHMARK_TEMPLATE(BM_Forward, bd3::BlockSparseAttention)

@@ -19,6 +19,7 @@
 #include <random>
 
 using namespace bd3;
+using namespace bd3::train;
 using bd3::test::fixture_cases;
 using bd3::test::fixture_dir;
 using bd3::test::ids;

@@ -21,6 +21,7 @@
 #include <vector>
 
 using namespace bd3;
+using bd3::train::loss_and_gradient;
 using bd3::test::fixture_cases;
 using bd3::test::ids;
 using bd3::test::relative_max_diff;
@@ -99,7 +100,7 @@ TEST_CASE("an attention backend of one's own equals the built-in one on the fixt
 TEST_CASE("a backend without a backward samples and evaluates, and cannot train",
           "[extending]") {
   static_assert(AttentionBackend<ForwardOnlyAttention>);
-  static_assert(!TrainableAttention<ForwardOnlyAttention>);  // bd3::backward static_asserts
+  static_assert(!TrainableAttention<ForwardOnlyAttention>);  // bd3::train::backward static_asserts
   static_assert(!AttentionBackend<SimdAttention, double>);   // float only
   auto fwd = test::load_fixture_model<FixtureModel<ForwardOnlyAttention>>("b4");
   auto ref = test::load_fixture_model<FixtureModel<ReferenceAttention>>("b4");

@@ -19,6 +19,8 @@
 #include <vector>
 
 using namespace bd3;
+using bd3::train::loss_and_gradient;
+using bd3::train::TrainScratch;
 
 namespace {
 

@@ -30,7 +30,7 @@ void write_gradients(const CliModel& model, const std::vector<int32_t>& xt,
                      const std::vector<int32_t>& x0, const std::vector<double>& weight,
                      const std::string& out, nlohmann::json& result) {
   std::vector<float> grads(size_t(model.layout().total()), 0.0f);
-  const double loss = loss_and_gradient(model, xt, x0, 1, weight, std::span<float>(grads));
+  const double loss = train::loss_and_gradient(model, xt, x0, 1, weight, std::span<float>(grads));
   std::vector<io::TensorToWrite> tensors;
   for (const auto& e : model.layout().entries())
     tensors.push_back(
@@ -310,10 +310,10 @@ int run_bench(const BenchOptions& o) {
     }
     std::vector<double> weight(x0.size(), 2.0);
     std::vector<float> grads(size_t(model.layout().total()));
-    TrainScratch<float> scratch;
+    train::TrainScratch<float> scratch;
     auto [iters, secs] = time_loop([&] {
       std::fill(grads.begin(), grads.end(), 0.0f);
-      loss_and_gradient(model, xt, x0, o.batch, weight, std::span<float>(grads), Dropout{},
+      train::loss_and_gradient(model, xt, x0, o.batch, weight, std::span<float>(grads), Dropout{},
                         &scratch);
     });
     // Model FLOPs: backward = 2 x forward, the usual convention for MFU.

@@ -80,7 +80,7 @@ struct ReferenceAttention {
 };
 
 // A backend with a forward only: the model samples and evaluates with it; training with
-// it stops at compile time (bd3::backward's static_assert).
+// it stops at compile time (bd3::train::backward's static_assert).
 struct ForwardOnlyAttention {
   static constexpr std::string_view name = "forward_only";
   template <class T, class Mask>

@@ -81,7 +81,6 @@ class BlockDiffusionModel {
   }
 
   const ModelConfig& config() const { return config_; }
-  ModelConfig& mutable_config() { return config_; }
   const ParameterLayout& layout() const { return layout_; }
   const Noise& noise() const { return noise_; }
   int block_size() const { return block_.get(); }

@@ -30,7 +30,7 @@
 #include <utility>
 #include <vector>
 
-namespace bd3 {
+namespace bd3::train {
 
 // Scratch buffers of backward(), reusable across calls (they keep their capacity).
 template <class T>
@@ -204,4 +204,4 @@ double loss_and_gradient(const Model& model, std::span<const int32_t> xt,
   return terms.loss_sum / double(terms.tokens);
 }
 
-}  // namespace bd3
+}  // namespace bd3::train

@@ -80,7 +80,6 @@ class Trainer {
     ema_.reset(model_.parameters());
     state_.interval = options_.interval;
     state_.options = options_;
-    sync_config_interval();
     check_estimator_options(estimator_options(), model_.config().model_length, model_.block_size());
   }
 
@@ -107,7 +106,6 @@ class Trainer {
     ema_.updates = ck.state.ema_updates;
     state_ = ck.state;
     state_.options = options_;
-    sync_config_interval();
   }
 
   const Model& model() const { return model_; }
@@ -241,7 +239,6 @@ class Trainer {
     }
     if (!saved.empty()) restore(saved);
     state_.interval = r.best_interval();
-    sync_config_interval();
     return r;
   }
 
@@ -256,7 +253,7 @@ class Trainer {
     return commit_checkpoint(
         out_dir, state_.step,
         [&](const std::filesystem::path& dir) {
-          write_checkpoint_files(dir, model_.config(), published_weights(), model_.parameters(),
+          write_checkpoint_files(dir, published_config(), published_weights(), model_.parameters(),
                                  adam_.m, adam_.v, state_, tokenizer);
         },
         after_rename_hook);
@@ -294,10 +291,14 @@ class Trainer {
     model_.parameters_changed();
   }
 
-  void sync_config_interval() {
-    model_.mutable_config().sampling_eps_min = state_.interval.eps_min;
-    model_.mutable_config().sampling_eps_max = state_.interval.eps_max;
-    model_.mutable_config().dropout = options_.dropout;
+  // The model's config as a checkpoint records it: the run's sampling interval and
+  // dropout (the model itself keeps the config it was built with).
+  ModelConfig published_config() const {
+    ModelConfig c = model_.config();
+    c.sampling_eps_min = state_.interval.eps_min;
+    c.sampling_eps_max = state_.interval.eps_max;
+    c.dropout = options_.dropout;
+    return c;
   }
 
   void check_corpus() const {
