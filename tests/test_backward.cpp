@@ -354,17 +354,17 @@ TEST_CASE("dropout: masks depend on the seed only, p = 0 changes nothing", "[bac
   model.forward_train(b.xt, b.x0, b.batch, a3, true, Dropout{0.25, 8});
   size_t kept = 0, total = 0;
   for (int l = 0; l < cfg.n_blocks; ++l) {
-    CHECK(a1.layers[l].keep_attn == a2.layers[l].keep_attn);
-    CHECK(a1.layers[l].keep_mlp == a2.layers[l].keep_mlp);
-    CHECK(a1.layers[l].keep_attn != a3.layers[l].keep_attn);
-    CHECK(a1.layers[l].keep_attn != a1.layers[l].keep_mlp);
-    for (auto k : a1.layers[l].keep_attn) kept += k, ++total;
+    CHECK(a1.arena.layers[l].keep_attn == a2.arena.layers[l].keep_attn);
+    CHECK(a1.arena.layers[l].keep_mlp == a2.arena.layers[l].keep_mlp);
+    CHECK(a1.arena.layers[l].keep_attn != a3.arena.layers[l].keep_attn);
+    CHECK(a1.arena.layers[l].keep_attn != a1.arena.layers[l].keep_mlp);
+    for (auto k : a1.arena.layers[l].keep_attn) kept += k, ++total;
   }
   CHECK(double(kept) / double(total) == Approx(0.75).margin(0.01));
   model.forward_train(b.xt, b.x0, b.batch, plain, true);
   model.forward_train(b.xt, b.x0, b.batch, zero, true, Dropout{0.0, 7});
   CHECK(plain.logits == zero.logits);
-  CHECK(plain.layers[0].keep_attn.empty());
+  CHECK(plain.arena.layers[0].keep_attn.empty());
   CHECK(a1.logits != plain.logits);
 }
 

@@ -34,24 +34,84 @@
 
 namespace bd3 {
 
-// Activations of one block, kept for the backward pass (N rows).
+// Where a block's activations live in its slice of an activation arena (offsets in
+// elements), llm.c style: one flat buffer per pass, one layout table, as the parameters.
+// N rows, D hidden, F = 4D. A pass that does not keep the block's input (decode) or the
+// MLP's value before GELU (a pass that fuses GELU) gives those no room.
+struct BlockActivationLayout {
+  int64_t x_in = 0;                  // [N, D] residual stream entering the block
+  int64_t ln1_mean = 0, ln1_rstd = 0;  // [N]
+  int64_t h1 = 0;                    // [N, D] LN1 output after adaLN modulation
+  int64_t qkv = 0;                   // [N, 3D] q and k after rotary, v
+  int64_t lse = 0;                   // [lse_size] attention log-sum-exp (batch, H, rows)
+  int64_t att = 0;                   // [N, D] attention output (heads concatenated)
+  int64_t attn_proj = 0;             // [N, D] att W_out^T (before the gate)
+  int64_t x_mid = 0;                 // [N, D] residual after attention
+  int64_t ln2_mean = 0, ln2_rstd = 0;  // [N]
+  int64_t h2 = 0;                    // [N, D] LN2 output after modulation
+  int64_t mlp_pre = 0;               // [N, F] before GELU
+  int64_t mlp_act = 0;               // [N, F] after GELU
+  int64_t mlp_out = 0;               // [N, D] (before the gate)
+  int64_t total = 0;
+  int64_t N = 0, D = 0, lse_size = 0;
+  bool keep_input = true, keep_pre = true;
+
+  BlockActivationLayout() = default;
+  BlockActivationLayout(int64_t rows, int64_t hidden, int64_t lse_elements, bool input,
+                        bool pre)
+      : N(rows), D(hidden), lse_size(lse_elements), keep_input(input), keep_pre(pre) {
+    const int64_t F = 4 * D;
+    auto add = [&](int64_t n) { return std::exchange(total, total + n); };
+    x_in = add(keep_input ? N * D : 0);
+    ln1_mean = add(N), ln1_rstd = add(N), h1 = add(N * D), qkv = add(N * 3 * D);
+    lse = add(lse_size), att = add(N * D), attn_proj = add(N * D), x_mid = add(N * D);
+    ln2_mean = add(N), ln2_rstd = add(N), h2 = add(N * D);
+    mlp_pre = add(keep_pre ? N * F : 0), mlp_act = add(N * F), mlp_out = add(N * D);
+  }
+};
+
+// One block's activations: views of its slice of an arena, by the layout above, and the
+// dropout keep masks (1 = kept) of attn_proj and mlp_out, [N, D] each (empty without).
 template <class T>
 struct LayerActivations {
-  std::vector<T> x_in;                // [N, D] residual stream entering the block
-  std::vector<T> ln1_mean, ln1_rstd;  // [N]
-  std::vector<T> h1;                  // [N, D] LN1 output after adaLN modulation
-  std::vector<T> qkv;                 // [N, 3D] q and k after rotary, v
-  std::vector<T> lse;                 // [batch, H, rows per sequence] attention log-sum-exp
-  std::vector<T> att;                 // [N, D] attention output (heads concatenated)
-  std::vector<T> attn_proj;           // [N, D] att W_out^T (before the gate)
-  std::vector<T> x_mid;               // [N, D] residual after attention
-  std::vector<T> ln2_mean, ln2_rstd;  // [N]
-  std::vector<T> h2;                  // [N, D] LN2 output after modulation
-  std::vector<T> mlp_pre;             // [N, F] before GELU (empty when the pass fuses GELU)
-  std::vector<T> mlp_act;             // [N, F] after GELU
-  std::vector<T> mlp_out;             // [N, D] (before the gate)
-  std::vector<uint8_t> keep_attn;     // [N, D] dropout keep masks (1 = kept) of attn_proj
-  std::vector<uint8_t> keep_mlp;      //   and mlp_out; empty without dropout
+  std::span<T> x_in, ln1_mean, ln1_rstd, h1, qkv, lse, att, attn_proj, x_mid, ln2_mean,
+      ln2_rstd, h2, mlp_pre, mlp_act, mlp_out;
+  std::vector<uint8_t> keep_attn, keep_mlp;
+
+  // Views of `slice` (layout.total elements) by `layout`.
+  void bind(T* slice, const BlockActivationLayout& l) {
+    const int64_t N = l.N, D = l.D, F = 4 * D;
+    auto at = [&](int64_t offset, int64_t n) { return std::span<T>(slice + offset, size_t(n)); };
+    x_in = at(l.x_in, l.keep_input ? N * D : 0);
+    ln1_mean = at(l.ln1_mean, N), ln1_rstd = at(l.ln1_rstd, N), h1 = at(l.h1, N * D);
+    qkv = at(l.qkv, N * 3 * D), lse = at(l.lse, l.lse_size), att = at(l.att, N * D);
+    attn_proj = at(l.attn_proj, N * D), x_mid = at(l.x_mid, N * D);
+    ln2_mean = at(l.ln2_mean, N), ln2_rstd = at(l.ln2_rstd, N), h2 = at(l.h2, N * D);
+    mlp_pre = at(l.mlp_pre, l.keep_pre ? N * F : 0), mlp_act = at(l.mlp_act, N * F);
+    mlp_out = at(l.mlp_out, N * D);
+  }
+};
+
+// An arena holding the activations of `blocks` blocks of one layout.
+template <class T>
+struct ActivationArena {
+  BlockActivationLayout layout;
+  std::vector<T> buffer;
+  std::vector<LayerActivations<T>> layers;  // one per block
+
+  ActivationArena() = default;
+  ActivationArena(const ActivationArena&) = delete;  // the views point into buffer
+  ActivationArena& operator=(const ActivationArena&) = delete;
+  ActivationArena(ActivationArena&&) = default;
+  ActivationArena& operator=(ActivationArena&&) = default;
+
+  // Sizes the arena for `n` blocks of layout `l` (keeping its capacity across calls).
+  void reset(const BlockActivationLayout& l, int n) {
+    layout = l;
+    buffer.resize(size_t(l.total) * size_t(n));
+    layers.resize(size_t(n));
+    for (int i = 0; i < n; ++i) layers[size_t(i)].bind(buffer.data() + l.total * i, l);
+  }
 };
 
 // One block's weights: offsets into the flat parameters, and its modulation vectors.
@@ -66,20 +126,29 @@ struct BlockWeights {
 // What a pass supplies to the block's forward.
 //  - linear(x, N, in, w_offset, bias, out, y): y = x W^T + b with W at w_offset;
 //  - linear_gelu(x, N, in, w_offset, bias, out, pre, act): act = gelu(x W^T + b), and pre
-//    the value before GELU when the pass keeps it (pre is resized by the pass);
+//    the value before GELU when the pass keeps it (keep_pre);
 //  - position(r): the rotary table row of row r; cos(), sin(): the table;
-//  - attention(qkv, att, lse): att [N, D] from qkv [N, 3D] (lse, when kept, is resized);
+//  - attention(qkv, att, lse): att [N, D] from qkv [N, 3D], and the log-sum-exp of each
+//    query's scores into lse ([lse_size()], empty when the pass keeps none);
 //  - keep_input: whether the block stores its input rows x_in (for a backward).
 template <class P, class T>
-concept BlockPass = requires(P& p, const T* x, T* y, std::vector<T>& buf, int64_t r) {
+concept BlockPass = requires(P& p, const T* x, T* y, std::span<T> buf, int64_t r) {
   p.linear(x, r, r, r, x, r, y);
   p.linear_gelu(x, r, r, r, x, r, buf, buf);
   { p.position(r) } -> std::convertible_to<int>;
   { p.cos() } -> std::convertible_to<const std::vector<T>&>;
   { p.sin() } -> std::convertible_to<const std::vector<T>&>;
-  p.attention(buf, buf, buf);
+  p.attention(std::span<const T>(buf), buf, buf);
+  { p.lse_size() } -> std::convertible_to<int64_t>;
   { P::keep_input } -> std::convertible_to<bool>;
+  { P::keep_pre } -> std::convertible_to<bool>;
 };
+
+// The activation layout of one block of a pass over N rows.
+template <class T, BlockPass<T> Pass>
+BlockActivationLayout block_activation_layout(const Pass& pass, int64_t N, int D) {
+  return BlockActivationLayout(N, D, pass.lse_size(), Pass::keep_input, Pass::keep_pre);
+}
 
 // Forward of one block over N rows, in place on the residual stream x [N, D].
 template <class T, BlockPass<T> Pass>
@@ -88,31 +157,25 @@ void dit_block_forward(const BlockWeights<T>& w, int D, int H, std::vector<T>& x
   const int Dh = D / H, F = 4 * D;
   const auto& o = w.offsets;
   const auto& m = w.mod;
-  if constexpr (Pass::keep_input) a.x_in = x;
+  if constexpr (Pass::keep_input) std::copy(x.begin(), x.end(), a.x_in.begin());
   // Attention branch.
-  a.ln1_mean.resize(N), a.ln1_rstd.resize(N), a.h1.resize(N * D);
   layers::norm_modulate_forward<T>(x.data(), N, D, m.a1.data(), m.shift1.data(), a.h1.data(),
                                    a.ln1_mean.data(), a.ln1_rstd.data());
-  a.qkv.resize(N * 3 * D);
   pass.linear(a.h1.data(), N, D, o.attn_qkv, nullptr, 3 * D, a.qkv.data());
   layers::rotary_forward<T>(
       a.qkv.data(), N, D, H, Dh, [&](int64_t r) { return pass.position(r); }, pass.cos(),
       pass.sin());
-  a.att.resize(N * D);
-  pass.attention(a.qkv, a.att, a.lse);
-  a.attn_proj.resize(N * D);
+  pass.attention(std::span<const T>(a.qkv), a.att, a.lse);
   pass.linear(a.att.data(), N, D, o.attn_out, nullptr, D, a.attn_proj.data());
-  a.x_mid = x;
+  std::copy(x.begin(), x.end(), a.x_mid.begin());
   layers::gated_residual_forward<T>(a.x_mid.data(), N, D, m.gate1.data(), a.attn_proj.data(),
                                     dropout, layer, 0, a.keep_attn);
   // MLP branch.
-  a.ln2_mean.resize(N), a.ln2_rstd.resize(N), a.h2.resize(N * D);
   layers::norm_modulate_forward<T>(a.x_mid.data(), N, D, m.a2.data(), m.shift2.data(),
                                    a.h2.data(), a.ln2_mean.data(), a.ln2_rstd.data());
-  a.mlp_act.resize(N * F), a.mlp_out.resize(N * D);
   pass.linear_gelu(a.h2.data(), N, D, o.mlp0_w, w.at(o.mlp0_b), F, a.mlp_pre, a.mlp_act);
   pass.linear(a.mlp_act.data(), N, F, o.mlp2_w, w.at(o.mlp2_b), D, a.mlp_out.data());
-  x = a.x_mid;
+  std::copy(a.x_mid.begin(), a.x_mid.end(), x.begin());
   layers::gated_residual_forward<T>(x.data(), N, D, m.gate2.data(), a.mlp_out.data(), dropout,
                                     layer, 1, a.keep_mlp);
 }

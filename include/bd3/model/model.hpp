@@ -47,7 +47,8 @@ template <class T>
 struct TrainActivations {
   int batch = 0;
   int rows_per_sequence = 0;                // 2L
-  std::vector<LayerActivations<T>> layers;  // one per layer, or one reused (inference)
+  ActivationArena<T> arena;                 // the blocks' activations: one per layer, or
+                                            // one reused (inference)
   std::vector<T> x_out;                     // [N, D] residual stream after the last layer
   layers::OutputActivations<T> output;      // final norm of the xt rows [batch*L]
   std::vector<T> logits;                    // [batch*L, V]
@@ -111,7 +112,7 @@ class BlockDiffusionModel {
   // (a) Training forward. xt, x0: [batch, L]. Produces act.logits [batch*L, V] (raw
   // logits of the xt half). keep_for_backward stores every layer's activations.
   // dropout (training only, default off) drops branch outputs before the gates; its keep
-  // masks are stored in act.layers[l].keep_{attn,mlp} (with keep_for_backward).
+  // masks are stored in act.arena.layers[l].keep_{attn,mlp} (with keep_for_backward).
   void forward_train(std::span<const int32_t> xt, std::span<const int32_t> x0, int batch,
                      TrainActivations<Scalar>& act, bool keep_for_backward = false,
                      Dropout dropout = {}) const {
@@ -128,7 +129,6 @@ class BlockDiffusionModel {
     const int64_t N = int64_t(batch) * rows_seq;
     act.batch = batch;
     act.rows_per_sequence = rows_seq;
-    act.layers.resize(keep_for_backward ? config_.n_blocks : 1);
     act.dropout = dropout;
     // Rows per sequence: [xt, x0]; both halves use positions 0..L-1.
     std::vector<Scalar> x(size_t(N) * D);
@@ -140,9 +140,11 @@ class BlockDiffusionModel {
         },
         x.data());
     SequencePass<TrainingMask> pass(*this, batch, rows_seq, L, TrainingMask{L, block_size()});
+    act.arena.reset(block_activation_layout<Scalar>(pass, N, D),
+                    keep_for_backward ? config_.n_blocks : 1);
     for (int l = 0; l < config_.n_blocks; ++l)
       dit_block_forward<Scalar>(block_weights(l), D, config_.n_heads, x, N,
-                                act.layers[keep_for_backward ? l : 0], pass, dropout, l);
+                                act.arena.layers[keep_for_backward ? l : 0], pass, dropout, l);
     act.x_out = x;
     // Output layer on the xt rows only.
     const int64_t Nxt = int64_t(batch) * L;
@@ -201,9 +203,11 @@ class BlockDiffusionModel {
         param(layout_.embedding), D, n, [&](int64_t r) { return tokens[size_t(r)]; }, x.data());
     SequencePass<BandedBlockCausalMask> pass(
         *this, 1, n, n, BandedBlockCausalMask{block_size(), config_.model_length});
-    LayerActivations<Scalar> a;
+    ActivationArena<Scalar> arena;
+    arena.reset(block_activation_layout<Scalar>(pass, n, D), 1);
     for (int l = 0; l < config_.n_blocks; ++l)
-      dit_block_forward<Scalar>(block_weights(l), D, config_.n_heads, x, n, a, pass, Dropout{}, l);
+      dit_block_forward<Scalar>(block_weights(l), D, config_.n_heads, x, n, arena.layers[0], pass,
+                                Dropout{}, l);
     layers::OutputActivations<Scalar> out;
     output(x.data(), n, out, logits, false);
   }
@@ -226,7 +230,7 @@ class BlockDiffusionModel {
   // of each sequence under `mask`, row r at rotary position r % period.
   template <class Mask>
   struct SequencePass {
-    static constexpr bool keep_input = true;
+    static constexpr bool keep_input = true, keep_pre = true;
     const BlockDiffusionModel& model;
     int batch, rows_seq, period;
     Mask mask;
@@ -241,18 +245,17 @@ class BlockDiffusionModel {
       layers::linear_forward<Scalar>(x, N, in, model.param(w), b, out, y);
     }
     void linear_gelu(const Scalar* x, int64_t N, int64_t in, int64_t w, const Scalar* b,
-                     int64_t out, std::vector<Scalar>& pre, std::vector<Scalar>& act) const {
-      pre.resize(size_t(N * out));
+                     int64_t out, std::span<Scalar> pre, std::span<Scalar> act) const {
       linear(x, N, in, w, b, out, pre.data());
       layers::gelu_forward<Scalar>(pre.data(), N, out, act.data());
     }
     int position(int64_t r) const { return int(r % period); }
     const std::vector<Scalar>& cos() const { return cos_; }
     const std::vector<Scalar>& sin() const { return sin_; }
-    void attention(const std::vector<Scalar>& qkv, std::vector<Scalar>& att,
-                   std::vector<Scalar>& lse) const {
+    int64_t lse_size() const { return int64_t(batch) * model.config_.n_heads * rows_seq; }
+    void attention(std::span<const Scalar> qkv, std::span<Scalar> att,
+                   std::span<Scalar> lse) const {
       const int D = model.config_.hidden_dim, H = model.config_.n_heads;
-      lse.resize(size_t(batch) * H * rows_seq);
       for (int b = 0; b < batch; ++b) {
         const Scalar* base = qkv.data() + int64_t(b) * rows_seq * 3 * D;
         AttentionArgs<Scalar> args;
@@ -270,7 +273,7 @@ class BlockDiffusionModel {
   // packed copy, GELU in the epilogue), keys and values written to the cache's scratch
   // rows and the attention run against the cache.
   struct DecodePass {
-    static constexpr bool keep_input = false;
+    static constexpr bool keep_input = false, keep_pre = false;
     const BlockDiffusionModel& model;
     KVCache<Scalar>& cache;
     int rows;    // per sequence
@@ -284,14 +287,14 @@ class BlockDiffusionModel {
       model.decode_store_.linear(model.params_.data(), x, N, in, w, b, out, y);
     }
     void linear_gelu(const Scalar* x, int64_t N, int64_t in, int64_t w, const Scalar* b,
-                     int64_t out, std::vector<Scalar>&, std::vector<Scalar>& act) const {
+                     int64_t out, std::span<Scalar>, std::span<Scalar> act) const {
       model.decode_store_.linear(model.params_.data(), x, N, in, w, b, out, act.data(), true);
     }
     int position(int64_t r) const { return int(r % rows); }
     const std::vector<Scalar>& cos() const { return cos_; }
     const std::vector<Scalar>& sin() const { return sin_; }
-    void attention(const std::vector<Scalar>& qkv, std::vector<Scalar>& att,
-                   std::vector<Scalar>&) const {
+    int64_t lse_size() const { return 0; }
+    void attention(std::span<const Scalar> qkv, std::span<Scalar> att, std::span<Scalar>) const {
       const int D = model.config_.hidden_dim, H = model.config_.n_heads, Dh = D / H;
       const int R = rows;
       auto attend = [&](int b) {
@@ -391,10 +394,12 @@ class BlockDiffusionModel {
     DecodePass pass{*this, cache, R, cached, mask, {}, {}};
     layers::rotary_table<Scalar>(config_.head_dim(), cache.next_position(), R, pass.cos_,
                                  pass.sin_);
-    LayerActivations<Scalar> a;
+    ActivationArena<Scalar> arena;
+    arena.reset(block_activation_layout<Scalar>(pass, N, D), 1);
     for (int l = 0; l < config_.n_blocks; ++l) {
       pass.layer = l;
-      dit_block_forward<Scalar>(block_weights(l), D, config_.n_heads, x, N, a, pass, Dropout{}, l);
+      dit_block_forward<Scalar>(block_weights(l), D, config_.n_heads, x, N, arena.layers[0], pass,
+                                Dropout{}, l);
     }
     return x;
   }

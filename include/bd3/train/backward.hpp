@@ -66,8 +66,8 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
   const int V = cfg.vocab_size, n_layers = cfg.n_blocks;
   const int batch = act.batch, rows_seq = 2 * L;
   const int64_t N = int64_t(batch) * rows_seq, Nxt = int64_t(batch) * L;
-  if (batch < 1 || act.rows_per_sequence != rows_seq || int(act.layers.size()) != n_layers ||
-      act.layers[0].x_in.size() != size_t(N) * D)
+  if (batch < 1 || act.rows_per_sequence != rows_seq ||
+      int(act.arena.layers.size()) != n_layers || act.arena.layers[0].x_in.size() != size_t(N) * D)
     fail("backward: the activations must come from forward_train(..., keep_for_backward = true)");
   if (xt.size() != size_t(Nxt) || x0.size() != size_t(Nxt))
     fail("backward: xt and x0 must hold batch x L tokens");
@@ -116,7 +116,7 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
   const T keep_scale = T(1.0 / (1.0 - act.dropout.p));
   BlockModulationGrads mg;
   for (int l = n_layers - 1; l >= 0; --l) {
-    const auto& a = act.layers[l];
+    const auto& a = act.arena.layers[l];
     mg.reset(D);
     // Rows whose residual gradient can be nonzero at the block's output: all, except at
     // the last block, where only the xt rows reach the loss (the x0 rows' MLP and
