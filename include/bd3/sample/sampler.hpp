@@ -285,22 +285,15 @@ class Sampler {
 
     std::vector<Task> tasks;
     std::vector<int> masked;
-    std::vector<double> confidence;  // threshold: of each masked position
-    std::vector<int> reveal;         // threshold: indices into `masked`
     for (int64_t b = prompt_blocks; b < blocks; ++b) {
-      const int64_t lo = b * Bp, glo = std::max(lo, P), ghi = std::min(lo + Bp, N);
-      auto masked_positions = [&](const Seq& s) {
-        masked.clear();
-        for (int64_t i = glo; i < ghi; ++i)
-          if (s.ids[size_t(i)] == mask) masked.push_back(int(i - lo));
-        return masked.size();
-      };
+      const int64_t lo = b * Bp;
+      const BlockSpan blk{lo, std::max(lo, P), std::min(lo + Bp, N)};
       for (auto& s : seqs) s.fresh = false;
       for (int step = 0;; ++step) {
         bool any = false, call = false;
         for (auto& s : seqs) {
           s.need = false;
-          if (!s.active || masked_positions(s) == 0) continue;
+          if (!s.active || masked_positions(s, blk, masked) == 0) continue;
           any = true;
           s.need = !(o_.method == Method::ddpm && s.fresh);
           call = call || s.need;
@@ -311,86 +304,136 @@ class Sampler {
           ++stats_.model_calls;
         }
         tasks.clear();
-        if (o_.method == Method::first_hitting) {
-          for (auto& s : seqs) {
-            if (!s.need) continue;
-            const size_t m = masked_positions(s);
-            const size_t j = std::min(m - 1, size_t(s.rng.uniform() * double(m)));
-            tasks.push_back({&s, masked[j], lo + masked[j], s.rng.reserve(uint64_t(V))});
-          }
-        } else if (o_.method == Method::ddpm) {
-          // The last step (s = 0) reveals every remaining position.
-          const double t = 1.0 - double(step) / steps_, sm = t - 1.0 / steps_;
-          double stay = step >= steps_ - 1 ? 0.0 : model_.noise().p(sm) / model_.noise().p(t);
-          stay = std::clamp(std::isfinite(stay) ? stay : 0.0, 0.0, 1.0);
-          for (auto& s : seqs) {
-            if (!s.active || masked_positions(s) == 0) continue;
-            bool changed = false;
-            for (int pos : masked) {
-              if (s.rng.uniform() < stay) continue;
-              tasks.push_back({&s, pos, lo + pos, s.rng.reserve(uint64_t(V))});
-              changed = true;
-            }
-            if (changed) s.fresh = false;
-          }
-        } else {
-          // Every masked position's confidence first, then the reveal set.
-          for (auto& s : seqs)
-            if (s.need && masked_positions(s) > 0)
-              for (int pos : masked) tasks.push_back({&s, pos, lo + pos, 0});
-          run_tasks(tasks, false);
-          tasks.clear();
-          for (auto& s : seqs) {
-            if (!s.need) continue;
-            masked_positions(s);
-            confidence.clear();
-            for (int pos : masked) confidence.push_back(s.dist[size_t(pos)].confidence);
-            threshold_reveals(confidence, o_.threshold, o_.min_reveal, reveal);
-            for (int j : reveal)
-              tasks.push_back(
-                  {&s, masked[size_t(j)], lo + masked[size_t(j)], s.rng.reserve(uint64_t(V))});
-          }
+        switch (o_.method) {
+          case Method::first_hitting:
+            plan_first_hitting(seqs, blk, masked, tasks);
+            break;
+          case Method::ddpm:
+            plan_ddpm(seqs, step, blk, masked, tasks);
+            break;
+          case Method::threshold:
+            plan_threshold(seqs, blk, masked, tasks);
+            break;
         }
         run_tasks(tasks, true);
         if (o_.method == Method::ddpm && step >= steps_ - 1) break;  // all revealed
       }
-
-      // The block is finished: stop rules, streaming, then the cache.
-      bool any_active = false;
-      for (auto& s : seqs) {
-        if (!s.active) continue;
-        const std::span<const int32_t> seq(s.ids.data(), size_t(ghi));
-        int64_t end = ghi;
-        if (o_.length_mode == LengthMode::fixed) {
-          if (is_degenerate(seq, o_.stop)) s.rejected = true;
-        } else if (is_degenerate(seq, o_.stop)) {
-          end = std::max(P, ghi - o_.stop.window);
-          s.stopped = true;
-        } else if (auto e = second_eos_end(seq, eos_, size_t(P))) {
-          end = int64_t(*e);
-          s.stopped = true;
-        }
-        if (o_.on_block) {
-          BlockEvent ev;
-          ev.sequence = s.index;
-          ev.attempt = s.attempt;
-          ev.position = lo;
-          ev.rejected = s.rejected;
-          if (!s.rejected && end > lo)
-            ev.tokens = std::span<const int32_t>(s.ids.data() + lo, size_t(end - lo));
-          o_.on_block(ev);
-        }
-        if (s.rejected || s.stopped || b == blocks - 1) {
-          s.active = false;
-          s.length = end;
-          s.commit_calls = commits;
-        } else {
-          any_active = true;
-        }
-      }
-      if (!any_active) break;
+      if (!finish_block(seqs, b, blk, blocks, commits)) break;
       if (kv) commit(b, true);
     }
+  }
+
+  // The positions of one block: [lo, lo + B'), of which [glo, ghi) are generated (past the
+  // prefix, before the length).
+  struct BlockSpan {
+    int64_t lo, glo, ghi;
+  };
+
+  // The masked positions of s in the block (offsets from lo) into `masked`; their count.
+  size_t masked_positions(const Seq& s, const BlockSpan& blk, std::vector<int>& masked) const {
+    const int32_t mask = model_.config().mask_index;
+    masked.clear();
+    for (int64_t i = blk.glo; i < blk.ghi; ++i)
+      if (s.ids[size_t(i)] == mask) masked.push_back(int(i - blk.lo));
+    return masked.size();
+  }
+
+  // First-hitting: each sequence just evaluated reveals one masked position, chosen
+  // uniformly.
+  void plan_first_hitting(std::vector<Seq>& seqs, const BlockSpan& blk, std::vector<int>& masked,
+                          std::vector<Task>& tasks) {
+    const int V = model_.config().vocab_size;
+    for (auto& s : seqs) {
+      if (!s.need) continue;
+      const size_t m = masked_positions(s, blk, masked);
+      const size_t j = std::min(m - 1, size_t(s.rng.uniform() * double(m)));
+      tasks.push_back({&s, masked[j], blk.lo + masked[j], s.rng.reserve(uint64_t(V))});
+    }
+  }
+
+  // DDPM, step `step` of T: from t = 1 - step/T to s = t - 1/T each masked position stays
+  // masked with probability p(s) / p(t) of the model's schedule; the last step reveals every
+  // remaining position. A sequence whose block did not change keeps its logits (no call).
+  void plan_ddpm(std::vector<Seq>& seqs, int step, const BlockSpan& blk, std::vector<int>& masked,
+                 std::vector<Task>& tasks) {
+    const int V = model_.config().vocab_size;
+    const double t = 1.0 - double(step) / steps_, sm = t - 1.0 / steps_;
+    double stay = step >= steps_ - 1 ? 0.0 : model_.noise().p(sm) / model_.noise().p(t);
+    stay = std::clamp(std::isfinite(stay) ? stay : 0.0, 0.0, 1.0);
+    for (auto& s : seqs) {
+      if (!s.active || masked_positions(s, blk, masked) == 0) continue;
+      bool changed = false;
+      for (int pos : masked) {
+        if (s.rng.uniform() < stay) continue;
+        tasks.push_back({&s, pos, blk.lo + pos, s.rng.reserve(uint64_t(V))});
+        changed = true;
+      }
+      if (changed) s.fresh = false;
+    }
+  }
+
+  // Threshold decoding: every masked position's confidence first, then the reveal set
+  // (threshold_reveals: at least min_reveal, the most confident, and every one above tau).
+  void plan_threshold(std::vector<Seq>& seqs, const BlockSpan& blk, std::vector<int>& masked,
+                      std::vector<Task>& tasks) {
+    const int V = model_.config().vocab_size;
+    for (auto& s : seqs)
+      if (s.need && masked_positions(s, blk, masked) > 0)
+        for (int pos : masked) tasks.push_back({&s, pos, blk.lo + pos, 0});
+    run_tasks(tasks, false);
+    tasks.clear();
+    std::vector<double> confidence;  // of each masked position
+    std::vector<int> reveal;         // indices into `masked`
+    for (auto& s : seqs) {
+      if (!s.need) continue;
+      masked_positions(s, blk, masked);
+      confidence.clear();
+      for (int pos : masked) confidence.push_back(s.dist[size_t(pos)].confidence);
+      threshold_reveals(confidence, o_.threshold, o_.min_reveal, reveal);
+      for (int j : reveal)
+        tasks.push_back(
+            {&s, masked[size_t(j)], blk.lo + masked[size_t(j)], s.rng.reserve(uint64_t(V))});
+    }
+  }
+
+  // Block b is finished: the stop rules, the streaming callback, the end of finished
+  // sequences. Returns whether a sequence goes on.
+  bool finish_block(std::vector<Seq>& seqs, int64_t b, const BlockSpan& blk, int64_t blocks,
+                    int64_t commits) {
+    const int64_t P = int64_t(prefix_.size()), lo = blk.lo, ghi = blk.ghi;
+    bool any_active = false;
+    for (auto& s : seqs) {
+      if (!s.active) continue;
+      const std::span<const int32_t> seq(s.ids.data(), size_t(ghi));
+      int64_t end = ghi;
+      if (o_.length_mode == LengthMode::fixed) {
+        if (is_degenerate(seq, o_.stop)) s.rejected = true;
+      } else if (is_degenerate(seq, o_.stop)) {
+        end = std::max(P, ghi - o_.stop.window);
+        s.stopped = true;
+      } else if (auto e = second_eos_end(seq, eos_, size_t(P))) {
+        end = int64_t(*e);
+        s.stopped = true;
+      }
+      if (o_.on_block) {
+        BlockEvent ev;
+        ev.sequence = s.index;
+        ev.attempt = s.attempt;
+        ev.position = lo;
+        ev.rejected = s.rejected;
+        if (!s.rejected && end > lo)
+          ev.tokens = std::span<const int32_t>(s.ids.data() + lo, size_t(end - lo));
+        o_.on_block(ev);
+      }
+      if (s.rejected || s.stopped || b == blocks - 1) {
+        s.active = false;
+        s.length = end;
+        s.commit_calls = commits;
+      } else {
+        any_active = true;
+      }
+    }
+    return any_active;
   }
 
   // One denoising call for the sequences that need it.
