@@ -7,6 +7,8 @@
 // (layers/conditioning.hpp); norm_scale_backward splits da back.
 #include <bd3/kernels/kernels.hpp>
 
+#include <omp.h>
+
 #include <cstdint>
 #include <vector>
 
@@ -37,11 +39,17 @@ struct NormRow {
 };
 
 // `row(r)` gives the NormRow of row r in [0, N) (the rows need not be contiguous).
+// Each thread sums its rows' da, db in a buffer of its own; the buffers are added in thread
+// order after the loop, so the result does not depend on which thread finishes first.
 template <class T, class RowFn>
 void norm_modulate_backward(int64_t N, int D, const T* a, RowFn row, double* da, double* db) {
+  std::vector<std::vector<double>> partial;  // per thread: [da, db]
 #pragma omp parallel if (N * D > 32768)
   {
-    std::vector<double> la(D, 0.0), lb(D, 0.0);
+#pragma omp single
+    partial.assign(size_t(omp_get_num_threads()), std::vector<double>(2 * size_t(D), 0.0));
+    double* la = partial[size_t(omp_get_thread_num())].data();
+    double* lb = la + D;
     std::vector<T> n(D), dn(D);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < N; ++r) {
@@ -58,9 +66,9 @@ void norm_modulate_backward(int64_t N, int D, const T* a, RowFn row, double* da,
       const T m_dn = T(s_dn / D), m_dnn = T(s_dnn / D);
       for (int j = 0; j < D; ++j) w.dx[j] += w.rstd * (dn[j] - m_dn - n[j] * m_dnn);
     }
-#pragma omp critical(bd3_norm_backward)
-    for (int j = 0; j < D; ++j) da[j] += la[j], db[j] += lb[j];
   }
+  for (const auto& p : partial)
+    for (int j = 0; j < D; ++j) da[j] += p[size_t(j)], db[j] += p[size_t(D + j)];
 }
 
 // Norm weight and modulation scale.

@@ -8,6 +8,8 @@
 #include <bd3/detail/random.hpp>
 #include <bd3/kernels/kernels.hpp>
 
+#include <omp.h>
+
 #include <cstdint>
 #include <vector>
 
@@ -59,13 +61,18 @@ void gated_residual_forward(T* x, int64_t N, int D, const T* gate, const T* y,
   }
 }
 
-// keep: the forward's mask (null without dropout); s = 1 / (1 - p).
+// keep: the forward's mask (null without dropout); s = 1 / (1 - p). Each thread sums its
+// rows' dgate in a buffer of its own, added in thread order after the loop (the same bits
+// whichever thread finishes first).
 template <class T>
 void gated_residual_backward(const T* dx, const T* y, const T* gate, const uint8_t* keep, T s,
                              int64_t N, int D, T* dy, double* dgate) {
+  std::vector<std::vector<double>> partial;
 #pragma omp parallel if (N * D > 32768)
   {
-    std::vector<double> lg(D, 0.0);
+#pragma omp single
+    partial.assign(size_t(omp_get_num_threads()), std::vector<double>(size_t(D), 0.0));
+    double* lg = partial[size_t(omp_get_thread_num())].data();
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < N; ++r) {
       const T* dxr = dx + r * D;
@@ -85,9 +92,9 @@ void gated_residual_backward(const T* dx, const T* y, const T* gate, const uint8
         }
       }
     }
-#pragma omp critical(bd3_gate_backward)
-    for (int j = 0; j < D; ++j) dgate[j] += lg[j];
   }
+  for (const auto& p : partial)
+    for (int j = 0; j < D; ++j) dgate[j] += p[size_t(j)];
 }
 
 }  // namespace layers
