@@ -401,6 +401,29 @@ TEST_CASE("eval-gen and tokenizer train report progress with an ETA, none under 
   CHECK(g.exit_code == 0);
   CHECK(g.err.find("bd3 eval-gen") != std::string::npos);
   CHECK(g.err.find("ETA") != std::string::npos);
+  // Scored in chunks of whole samples: an id the judge does not have is still reported
+  // with its sample's place in the file.
+  {
+    std::ifstream in(w.samples);
+    const std::string first = [&] {
+      std::string line;
+      std::getline(in, line);
+      return line;
+    }();
+    std::string lines;
+    for (int i = 0; i < 20; ++i) {
+      auto row = nlohmann::json::parse(first);
+      if (i == 13) row["ids"][5] = 258;  // the byte tokenizer's MASK
+      lines += row.dump() + "\n";
+    }
+    bd3::test::spit(w.dir / "bad_samples.jsonl", lines);
+    const CliRun bad = bd3_run({"eval-gen", "--judge", w.judge.string(), "--samples",
+                                (w.dir / "bad_samples.jsonl").string(), "-t", "1", "--batch", "2"});
+    INFO(bad.err);
+    CHECK(bad.exit_code == 1);
+    CHECK(bd3::test::one_line(bad.err));
+    CHECK(bad.err.find("sample 13 holds id 258") != std::string::npos);
+  }
   const CliRun t = bd3_run({"tokenizer", "train", "--data", w.data.string(), "--vocab-size", "300",
                             "-o", (w.dir / "tok_progress").string()});
   CHECK(t.exit_code == 0);

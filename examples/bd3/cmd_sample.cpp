@@ -393,8 +393,17 @@ int run_eval_gen(const EvalGenArgs& a) {
     fail_usage("--judge must be autoregressive (block size 1); " + a.judge + " has block size " +
                std::to_string(judge.block_size()));
   // Scored in chunks of about 2% of the judge's windows, for the progress line; a chunk
-  // holds whole samples, and the totals add up as one call's would.
+  // holds whole samples, and the totals add up as one call's would. The ids are checked
+  // here first, so that an error names the sample's place in the file, not in its chunk.
   const int64_t L = judge.config().model_length;
+  const int32_t V = judge.config().vocab_size, mask = judge.config().mask_index;
+  for (size_t i = 0; i < samples.size(); ++i)
+    for (int32_t t : samples[i])
+      if (t < 0 || t >= V || t == mask)
+        fail(
+            fmt::format("{}: sample {} holds id {}, not a token of the judge (vocabulary [0, {}), "
+                        "MASK = {})",
+                        a.samples, i, t, V, mask));
   auto windows_of = [L](const std::vector<int32_t>& ids) {
     return ids.size() < 2 ? int64_t(0) : (int64_t(ids.size()) - 2) / (L - 1) + 1;
   };
