@@ -111,11 +111,12 @@ struct CliOptions {
   // Runs in the child between fork and exec: only async-signal-safe calls (setrlimit,
   // signal, setuid...). Returning false makes the child exit with code 127.
   std::function<bool()> in_child;
-  double timeout_seconds = 60;  // SIGKILL (to its process group) after this long; 0: never
+  double timeout_seconds = 60;           // SIGKILL (to its process group) after this long; 0: never
+  std::string stdin_path = "/dev/null";  // the child's standard input
 };
 
 // A child process: `argv[0]` is the program (a path), started at construction in its own
-// process group with stdin /dev/null and stdout/stderr in files.
+// process group with stdin from CliOptions::stdin_path and stdout/stderr in files.
 class ChildProcess {
  public:
   ChildProcess(const std::vector<std::string>& argv, CliOptions options = {})
@@ -133,7 +134,7 @@ class ChildProcess {
     pid_ = ::fork();
     if (pid_ == 0) {
       ::setpgid(0, 0);
-      const int in = ::open("/dev/null", O_RDONLY);
+      const int in = ::open(options_.stdin_path.c_str(), O_RDONLY);
       const int out = ::open(out_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       const int err = ::open(err_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       if (in < 0 || out < 0 || err < 0) ::_exit(127);

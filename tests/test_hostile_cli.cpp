@@ -806,6 +806,7 @@ TEST_CASE("bad flags and values of every command: exit 2, one line, nothing allo
     int_flag(c.bad, "--threads", {"-1", "100000"});
   }
   commands["inspect"] = {{"inspect", "--model", b4}, {}};
+  commands["version"] = {{"version"}, {}};
   {
     auto& c = commands["bench"];
     c.valid = {"bench", "--preset", "mid", "--what", "decode", "--seconds", "0", "--threads", "1"};

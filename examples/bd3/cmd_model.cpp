@@ -336,19 +336,19 @@ Registrar forward_cmd([](CLI::App& app) -> Runner {
   auto o = std::make_shared<ForwardOptions>();
   auto* sub = app.add_subcommand("forward",
                                  "Run a checkpoint on the fixture cases format; write .npy logits");
-  sub->add_option("--model", o->model, "checkpoint directory (config.json + model.safetensors)")
+  sub->add_option("-m,--model", o->model, "checkpoint directory (config.json + model.safetensors)")
       ->required();
   sub->add_option("--cases", o->cases, "cases.json")->required();
-  sub->add_option("--out", o->out, "output directory")->required();
+  sub->add_option("-o,--out", o->out, "output directory")->required();
   sub->add_flag("--grad", o->grad, "also write grads.safetensors (gradient of nelbo_mean)");
-  sub->add_option("--threads", o->threads, "threads (0 = all cores)");
+  sub->add_option("-t,--threads", o->threads, "threads (0 = all cores)");
   return [o] { return run_forward(*o); };
 });
 
 Registrar inspect_cmd([](CLI::App& app) -> Runner {
   auto dir = std::make_shared<std::string>();
   auto* sub = app.add_subcommand("inspect", "Validate a checkpoint and print its summary as JSON");
-  sub->add_option("--model", *dir, "checkpoint directory")->required();
+  sub->add_option("-m,--model", *dir, "checkpoint directory")->required();
   return [dir] { return run_inspect(*dir); };
 });
 
@@ -356,12 +356,12 @@ Registrar bench_cmd([](CLI::App& app) -> Runner {
   auto o = std::make_shared<BenchOptions>();
   auto* sub =
       app.add_subcommand("bench", "Measure forward, decode or training throughput; one JSON line");
-  sub->add_option("--model", o->model, "checkpoint directory");
+  sub->add_option("-m,--model", o->model, "checkpoint directory");
   sub->add_option("--preset", o->preset, "random-weight model: small or mid")
       ->check(CLI::IsMember({"small", "mid"}));
   sub->add_option("--what", o->what, "forward | decode | train")
       ->check(CLI::IsMember({"forward", "decode", "train"}));
-  sub->add_option("--threads", o->threads, "threads (0 = all cores)");
+  sub->add_option("-t,--threads", o->threads, "threads (0 = all cores)");
   sub->add_option("--batch", o->batch, "sequences per call");
   sub->add_option("--seconds", o->seconds, "minimum measuring time");
   sub->add_option("--decode-weights", o->decode_weights,

@@ -20,10 +20,13 @@
 #include <cstdio>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "cli.hpp"
+#include "input.hpp"
+#include "progress.hpp"
 
 namespace {
 
@@ -40,14 +43,15 @@ struct TokenizerFlags {
     cmd->add_option("--vocab", vocab, "GPT-2 vocab.json (with --merges)");
     cmd->add_option("--merges", merges, "GPT-2 merges.txt (with --vocab)");
     cmd->add_option("--tokenizer", dir,
-                    "tokenizer directory: vocab.json + merges.txt, or tokenizer.json");
+                    "tokenizer directory: vocab.json + merges.txt, or tokenizer.json (a training "
+                    "--out: its checkpoint's)");
   }
 
   text::Tokenizer load() const {
     if (!dir.empty()) {
       if (!vocab.empty() || !merges.empty())
         fail_usage("--tokenizer cannot be combined with --vocab/--merges");
-      return text::Tokenizer::load_from(dir);
+      return text::Tokenizer::load_from(bd3::cli::tokenizer_dir(dir));
     }
     if (vocab.empty() || merges.empty())
       fail_usage("give --vocab and --merges, or --tokenizer DIR");
@@ -111,8 +115,8 @@ bd3::cli::Registrar tokenize_command([](CLI::App& app) -> bd3::cli::Runner {
   auto f = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand("tokenize", "Encode text to token ids (one JSON array)");
   f->tok.add_to(cmd);
-  auto* text_opt = cmd->add_option("--text", f->text, "the text to encode");
-  cmd->add_option("--file", f->file, "a file whose bytes to encode");
+  auto* text_opt = cmd->add_option("-p,--text", f->text, "the text to encode");
+  cmd->add_option("-f,--file", f->file, "a file whose bytes to encode ('-': standard input)");
   cmd->add_flag("--allow-special", f->allow_special,
                 "encode <|endoftext|> (and other special tokens) as special ids");
   return [f, text_opt] {
@@ -120,7 +124,7 @@ bd3::cli::Registrar tokenize_command([](CLI::App& app) -> bd3::cli::Runner {
     if (has_text == !f->file.empty()) fail_usage("give exactly one of --text and --file");
     const text::Tokenizer tok = f->tok.load();
     std::string input =
-        has_text ? f->text : text::detail::read_file(f->file, kMaxInputBytes, "input file");
+        has_text ? f->text : bd3::cli::read_input(f->file, kMaxInputBytes, "input file");
     write_stdout(ids_to_json(tok.encode_parallel(input, f->allow_special)));
     return 0;
   };
@@ -135,14 +139,15 @@ bd3::cli::Registrar detokenize_command([](CLI::App& app) -> bd3::cli::Runner {
   auto* cmd = app.add_subcommand("detokenize", "Decode token ids to bytes (written as they are)");
   f->tok.add_to(cmd);
   auto* ids_opt = cmd->add_option("--ids", f->ids, "a JSON array of token ids");
-  cmd->add_option("--ids-file", f->ids_file, "a file holding a JSON array of token ids");
+  cmd->add_option("-f,--ids-file", f->ids_file,
+                  "a file holding a JSON array of token ids ('-': standard input)");
   return [f, ids_opt] {
     const bool has_ids = ids_opt->count() > 0;
     if (has_ids == !f->ids_file.empty()) fail_usage("give exactly one of --ids and --ids-file");
     const text::Tokenizer tok = f->tok.load();
     std::vector<int32_t> ids =
         has_ids ? ids_from_json(f->ids, "--ids", tok.vocab_size())
-                : ids_from_json(text::detail::read_file(f->ids_file, kMaxInputBytes, "ids file"),
+                : ids_from_json(bd3::cli::read_input(f->ids_file, kMaxInputBytes, "ids file"),
                                 f->ids_file, tok.vocab_size());
     write_stdout(tok.decode(ids));
     return 0;
@@ -156,6 +161,7 @@ bd3::cli::Registrar tokenizer_command([](CLI::App& app) -> bd3::cli::Runner {
     int64_t min_pair_count = 2;
     int threads = 0;
     std::string out;
+    bool quiet = false;
   };
   auto f = std::make_shared<Flags>();
   auto* cmd = app.add_subcommand("tokenizer", "Tokenizer tools");
@@ -170,8 +176,13 @@ bd3::cli::Registrar tokenizer_command([](CLI::App& app) -> bd3::cli::Runner {
       ->add_option("--min-pair-count", f->min_pair_count,
                    "stop early when the best pair occurs fewer times")
       ->capture_default_str();
-  train->add_option("--threads", f->threads, "threads for counting (0: all)");
-  train->add_option("--out", f->out, "output directory (vocab.json, merges.txt)")->required();
+  train->add_option("-t,--threads", f->threads, "threads for counting (0: all)");
+  train
+      ->add_option("-o,--out", f->out,
+                   "output directory (vocab.json, merges.txt, and the Hugging Face files "
+                   "tokenizer.json, tokenizer_config.json, special_tokens_map.json)")
+      ->required();
+  train->add_flag("--quiet", f->quiet, "no progress on stderr");
   return [f, train] {
     if (!train->parsed()) fail_usage("unknown tokenizer subcommand");
     if (f->vocab_size < 257 || f->vocab_size > int64_t(text::kMaxVocabSize))
@@ -183,14 +194,30 @@ bd3::cli::Registrar tokenizer_command([](CLI::App& app) -> bd3::cli::Runner {
     options.vocab_size = static_cast<int32_t>(f->vocab_size);
     options.min_pair_count = f->min_pair_count;
     options.threads = f->threads;
-    options.on_progress = [](const text::BpeTrainProgress& p) {
-      fmt::print(stderr, "bd3 tokenizer train: {}/{} merges (last pair count {})\n", p.merges_done,
-                 p.merges_target, p.pair_count);
-    };
     std::vector<std::filesystem::path> files(f->data.begin(), f->data.end());
+    bd3::cli::check_data_files(files);
+    // The merges' progress: the pair counting before them is reported as one line.
+    auto progress = std::make_shared<bd3::cli::Progress>("bd3 tokenizer train", 1, f->quiet);
+    progress->message("bd3 tokenizer train: counting the pairs of " + std::to_string(files.size()) +
+                      " file(s)");
+    // The ETA from the merges' own pace (the first report comes after the counting).
+    options.on_progress = [progress, first = std::optional<std::pair<int32_t, double>>()](
+                              const text::BpeTrainProgress& p) mutable {
+      const double now =
+          std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+              .count();
+      if (!first) first.emplace(p.merges_done, now);
+      const int32_t done = p.merges_done - first->first;
+      const double eta =
+          done > 0 ? (now - first->second) / done * (p.merges_target - p.merges_done) : -1.0;
+      progress->set_total(p.merges_target);
+      progress->update(p.merges_done, fmt::format("merges (last pair count {})", p.pair_count),
+                       eta);
+    };
     const auto start = std::chrono::steady_clock::now();
     text::BpeTrainStats stats;
     text::train_bpe_files(files, f->out, options, &stats);
+    progress->finish();
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     nlohmann::json summary = {{"vocab_size", stats.vocab_size},

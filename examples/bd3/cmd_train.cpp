@@ -27,7 +27,9 @@
 #include <vector>
 
 #include "cli.hpp"
+#include "input.hpp"
 #include "model_common.hpp"
+#include "progress.hpp"
 
 namespace {
 
@@ -44,66 +46,7 @@ extern "C" void on_stop_signal(int sig) {
   g_stop_signal = sig;
 }
 
-std::string format_duration(double s) {
-  if (!(s >= 0) || s > 1e8) return "?";
-  const auto t = int64_t(s + 0.5);
-  if (t >= 3600) return fmt::format("{}h{:02}m{:02}s", t / 3600, (t / 60) % 60, t % 60);
-  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
-  return fmt::format("{}s", t);
-}
-
-// Progress on stderr: redrawn in place on a terminal, else one line every 5%.
-class Progress {
- public:
-  Progress(std::string label, int64_t total, bool quiet)
-      : label_(std::move(label)),
-        total_(std::max<int64_t>(total, 1)),
-        tty_(::isatty(2) == 1),
-        quiet_(quiet) {}
-
-  void update(int64_t done, const std::string& detail, double eta_seconds) {
-    if (quiet_) return;
-    const double pct = 100.0 * double(done) / double(total_);
-    if (tty_) {
-      const auto now = Clock::now();
-      if (done < total_ && drawn_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
-      last_draw_ = now, drawn_ = true;
-      constexpr int width = 24;
-      const int filled = int(std::min(1.0, double(done) / double(total_)) * width);
-      std::string bar(size_t(filled), '=');
-      if (filled < width) bar += '>' + std::string(size_t(width - filled - 1), ' ');
-      fmt::print(stderr, "\r{} {}/{} [{}] {:5.1f}% {} ETA {}\033[K", label_, done, total_, bar, pct,
-                 detail, format_duration(eta_seconds));
-      std::fflush(stderr);
-    } else {
-      const int64_t bucket = int64_t(pct / 5.0);
-      if (bucket == last_bucket_ && done < total_) return;
-      if (done >= total_ && last_bucket_ == 20) return;
-      last_bucket_ = done >= total_ ? 20 : bucket;
-      fmt::print(stderr, "{} {}/{} ({:.0f}%) {} ETA {}\n", label_, done, total_, pct, detail,
-                 format_duration(eta_seconds));
-    }
-  }
-  void message(const std::string& line) {
-    if (quiet_) return;
-    if (tty_ && drawn_) fmt::print(stderr, "\r\033[K");
-    fmt::print(stderr, "{}\n", line);
-    drawn_ = false;
-  }
-  void set_total(int64_t total) { total_ = std::max<int64_t>(total, 1); }
-  void finish() {
-    if (!quiet_ && tty_ && drawn_) fmt::print(stderr, "\n");
-    drawn_ = false;
-  }
-
- private:
-  std::string label_;
-  int64_t total_;
-  bool tty_, quiet_;
-  bool drawn_ = false;
-  int64_t last_bucket_ = -1;
-  Clock::time_point last_draw_{};
-};
+using bd3::cli::Progress;
 
 // --tokenizer bytes | gpt2:DIR | DIR | bpe:N (or bpe with --tokenizer-vocab N).
 text::Tokenizer make_tokenizer(const std::string& spec, int64_t bpe_vocab,
@@ -150,7 +93,7 @@ text::Tokenizer make_tokenizer(const std::string& spec, int64_t bpe_vocab,
   if (!fs::is_directory(dir))
     fail_usage("--tokenizer '" + spec + "': expected bytes, gpt2:DIR, DIR or bpe:N (no directory " +
                dir + ")");
-  return text::Tokenizer::load_from(dir);
+  return text::Tokenizer::load_from(bd3::cli::tokenizer_dir(dir));
 }
 
 // Keeps the lines of metrics.jsonl written before the checkpoint of `step` (after a
@@ -295,8 +238,7 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     progress.set_total(opts.steps);
   } else {
     if (data.empty()) fail_usage("--data is required");
-    for (const auto& d : data)
-      if (!fs::is_regular_file(d)) fail("--data " + d.string() + ": no such file");
+    bd3::cli::check_data_files(data);
     if (f.block_size < 1) fail_usage("--block-size must be >= 1");
     if (f.length < 2) fail_usage("--length must be >= 2");
     if (f.length % f.block_size != 0)
@@ -562,8 +504,8 @@ int run_eval(const EvalFlags& f) {
   const text::Tokenizer tokenizer = [&] {
     if (f.tokenizer.empty()) return text::Tokenizer::load_from(dir);
     if (f.tokenizer == "bytes") return text::Tokenizer::bytes();
-    return text::Tokenizer::load_from(f.tokenizer.starts_with("gpt2:") ? f.tokenizer.substr(5)
-                                                                       : f.tokenizer);
+    return text::Tokenizer::load_from(bd3::cli::tokenizer_dir(
+        f.tokenizer.starts_with("gpt2:") ? f.tokenizer.substr(5) : f.tokenizer));
   }();
   auto ck = bd3::load_checkpoint(dir);
   if (tokenizer.model_vocab_size() != ck.config.vocab_size)
@@ -576,8 +518,7 @@ int run_eval(const EvalFlags& f) {
 
   if (f.data.empty()) fail_usage("--data is required");
   std::vector<fs::path> data(f.data.begin(), f.data.end());
-  for (const auto& d : data)
-    if (!fs::is_regular_file(d)) fail("--data " + d.string() + ": no such file");
+  bd3::cli::check_data_files(data);
   text::CorpusOptions co;
   co.model_length = ck.config.model_length;
   co.val_fraction = f.split == "all" ? 0.0 : val_fraction;
@@ -683,7 +624,8 @@ bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
       "train", "Train a BD3-LM on text (progress on stderr, checkpoints in --out)");
   cmd->add_option("--data", f->data, "training text file (repeatable)");
   cmd->add_option("--tokenizer", f->tokenizer,
-                  "bytes | gpt2:DIR | DIR | bpe:N (train a BPE of N tokens on the data)")
+                  "bytes | gpt2:DIR | DIR (a training --out: its checkpoint's) | bpe:N (train a "
+                  "BPE of N tokens on the data)")
       ->capture_default_str();
   cmd->add_option("--tokenizer-vocab", f->tokenizer_vocab,
                   "vocabulary size of the BPE to train (with --tokenizer bpe)");
@@ -697,9 +639,9 @@ bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
   cmd->add_option("--batch", f->batch, "sequences per micro-batch")->capture_default_str();
   cmd->add_option("--steps", f->steps, "total optimizer steps")->capture_default_str();
   cmd->add_option("--lr", f->lr, "peak learning rate")->capture_default_str();
-  cmd->add_option("--seed", f->seed, "seed of every random choice")->capture_default_str();
-  cmd->add_option("--threads", f->threads, "threads (0: all cores)")->capture_default_str();
-  cmd->add_option("--out", f->out, "output directory (checkpoints, metrics.jsonl)")->required();
+  cmd->add_option("-s,--seed", f->seed, "seed of every random choice")->capture_default_str();
+  cmd->add_option("-t,--threads", f->threads, "threads (0: all cores)")->capture_default_str();
+  cmd->add_option("-o,--out", f->out, "output directory (checkpoints, metrics.jsonl)")->required();
   cmd->add_option("--checkpoint-every", f->checkpoint_every,
                   "steps between checkpoints (0: only at the end)")
       ->capture_default_str();
@@ -750,15 +692,15 @@ bd3::cli::Registrar eval_command([](CLI::App& app) -> bd3::cli::Runner {
   auto f = std::make_shared<EvalFlags>();
   auto* cmd =
       app.add_subcommand("eval", "NELBO / perplexity bound of a model on text (one JSON line)");
-  cmd->add_option("--model", f->model,
+  cmd->add_option("-m,--model", f->model,
                   "model directory (a checkpoint, or a training --out directory)")
       ->required();
   cmd->add_option("--data", f->data, "text file (repeatable)")->required();
-  cmd->add_option("--seed", f->seed, "seed of the masks")->capture_default_str();
+  cmd->add_option("-s,--seed", f->seed, "seed of the masks")->capture_default_str();
   cmd->add_option("--samples", f->samples, "mask draws averaged over")->capture_default_str();
   cmd->add_option("--batch", f->batch, "sequences per forward")->capture_default_str();
   cmd->add_option("--split", f->split, "validation | train | all")->capture_default_str();
-  cmd->add_option("--threads", f->threads, "threads (0: all cores)")->capture_default_str();
+  cmd->add_option("-t,--threads", f->threads, "threads (0: all cores)")->capture_default_str();
   cmd->add_option("--eps-min", f->eps_min,
                   "noise interval (1e-3, 1: the NELBO; with block size 1, 1 1: the exact NLL)")
       ->capture_default_str();
@@ -768,7 +710,8 @@ bd3::cli::Registrar eval_command([](CLI::App& app) -> bd3::cli::Runner {
   cmd->add_option("--noise", f->noise,
                   "noise schedule (default: the training run's, else loglinear)");
   cmd->add_option("--tokenizer", f->tokenizer,
-                  "tokenizer (default: the model directory's): bytes | gpt2:DIR | DIR");
+                  "tokenizer (default: the model directory's): bytes | gpt2:DIR | DIR (a training "
+                  "--out: its checkpoint's)");
   cmd->add_option("--max-sequences", f->max_sequences,
                   "evaluate at most this many sequences (0: all)");
   cmd->add_flag("--quiet", f->quiet, "no progress on stderr");

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cli.hpp"
+#include "version.hpp"
 
 namespace {
 
@@ -57,6 +58,9 @@ int main(int argc, char** argv) {
   std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"bd3: block diffusion language models (BD3-LMs) in C++"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", bd3::cli::version_text(),
+                       "Print the version, git revision, compiler, SIMD level and exit");
+  app.add_subcommand("version", "Print the version, git revision, compiler, SIMD level");
   std::vector<std::pair<CLI::App*, bd3::cli::Runner>> runners;
   for (auto& setup : bd3::cli::registry()) {
     auto before = app.get_subcommands({}).size();
@@ -71,6 +75,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
     print_error(e.what());
     return 2;
@@ -78,6 +84,10 @@ int main(int argc, char** argv) {
   try {
     for (auto& [sub, run] : runners)
       if (sub->parsed()) return run();
+    if (app.got_subcommand("version")) {
+      std::printf("%s\n", bd3::cli::version_text().c_str());
+      return std::fflush(stdout) == 0 ? 0 : 1;
+    }
     std::fprintf(stderr, "bd3: no command given (try --help)\n");
     return 2;
   } catch (const bd3::Error& e) {

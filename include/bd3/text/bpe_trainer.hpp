@@ -307,7 +307,8 @@ inline Gpt2Tokenizer train_bpe(std::string_view text, const BpeTrainOptions& opt
 }
 
 // Trains on files (each read whole; at most max_file_bytes each) and writes
-// out_dir/vocab.json + out_dir/merges.txt atomically.
+// the tokenizer into out_dir (Gpt2Tokenizer::save: vocab.json, merges.txt and the Hugging
+// Face files), each atomically.
 inline Gpt2Tokenizer train_bpe_files(std::span<const std::filesystem::path> files,
                                      const std::filesystem::path& out_dir,
                                      const BpeTrainOptions& options, BpeTrainStats* stats = nullptr,

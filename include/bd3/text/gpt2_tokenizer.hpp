@@ -814,44 +814,110 @@ class Gpt2Tokenizer {
     return specials.size() == 1 && specials[0].first == kEndOfText;
   }
 
-  // A Hugging Face tokenizer.json (byte-level BPE: model.vocab, model.merges as pairs,
-  // special tokens in added_tokens) that from_tokenizer_json_string reads back exactly.
+  // A complete Hugging Face tokenizer.json of this byte-level BPE, as the GPT-2 files on
+  // the Hub have it: model (BPE: vocab, merges as pairs), pre_tokenizer, decoder and
+  // post_processor (ByteLevel: GPT-2's regex, no prefix space, no BOS/EOS added), special
+  // tokens in added_tokens. Hugging Face's clients encode and decode with it as this class
+  // does (tests/hf/run.sh), and from_tokenizer_json_string reads it back exactly.
   std::string tokenizer_json() const {
-    nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
+    nlohmann::ordered_json vocab = nlohmann::ordered_json::object(),
+                           added = nlohmann::ordered_json::array();
     for (int32_t id = 0; id < vocab_size(); ++id) {
       std::string_view t = m_->token(id);
       if (m_->is_special(id))
-        added.push_back({{"id", id}, {"content", std::string(t)}, {"special", true}});
+        added.push_back({{"id", id},
+                         {"content", std::string(t)},
+                         {"single_word", false},
+                         {"lstrip", false},
+                         {"rstrip", false},
+                         {"normalized", false},
+                         {"special", true}});
       else
         vocab[detail::to_byte_level(t)] = id;
     }
-    nlohmann::json merges = nlohmann::json::array();
+    nlohmann::ordered_json merges = nlohmann::ordered_json::array();
     for (auto [a, b] : m_->merges())
       merges.push_back({detail::to_byte_level(m_->token(a)), detail::to_byte_level(m_->token(b))});
-    const nlohmann::json root = {
-        {"version", "1.0"},
-        {"added_tokens", std::move(added)},
-        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
-        {"model", {{"type", "BPE"}, {"vocab", std::move(vocab)}, {"merges", std::move(merges)}}}};
+    auto byte_level = [](bool add_prefix_space, bool trim_offsets) {
+      return nlohmann::ordered_json{{"type", "ByteLevel"},
+                                    {"add_prefix_space", add_prefix_space},
+                                    {"trim_offsets", trim_offsets},
+                                    {"use_regex", true}};
+    };
+    nlohmann::ordered_json root;
+    root["version"] = "1.0";
+    root["truncation"] = nullptr;
+    root["padding"] = nullptr;
+    root["added_tokens"] = std::move(added);
+    root["normalizer"] = nullptr;
+    root["pre_tokenizer"] = byte_level(false, true);
+    root["post_processor"] = byte_level(false, false);
+    root["decoder"] = byte_level(false, true);
+    root["model"] = {{"type", "BPE"},
+                     {"dropout", nullptr},
+                     {"unk_token", nullptr},
+                     {"continuing_subword_prefix", ""},
+                     {"end_of_word_suffix", ""},
+                     {"fuse_unk", false},
+                     {"byte_fallback", false},
+                     {"ignore_merges", false},
+                     {"vocab", std::move(vocab)},
+                     {"merges", std::move(merges)}};
     return root.dump(1, ' ', true) + "\n";
   }
 
-  // Writes dir/vocab.json and dir/merges.txt (each atomically), creating dir if needed;
-  // dir/tokenizer.json instead when those files cannot describe it (fits_gpt2_files).
+  // special_tokens_map.json: <|endoftext|> is BOS, EOS and UNK, as in GPT-2's.
+  std::string special_tokens_map_json() const {
+    const std::string eot(m_->token(m_->end_of_text()));
+    const nlohmann::ordered_json j = {{"bos_token", eot}, {"eos_token", eot}, {"unk_token", eot}};
+    return j.dump(2, ' ', true) + "\n";
+  }
+
+  // tokenizer_config.json: what transformers' AutoTokenizer needs besides tokenizer.json.
+  // No BOS added when encoding (bd3 adds it itself) and no clean-up of spaces when
+  // decoding, so that decode(encode(text)) == text there as here.
+  std::string tokenizer_config_json() const {
+    const std::string eot(m_->token(m_->end_of_text()));
+    nlohmann::ordered_json added = nlohmann::ordered_json::object();
+    for (const auto& [content, id] : m_->specials())
+      added[std::to_string(id)] = {{"content", content},   {"lstrip", false},
+                                   {"normalized", false},  {"rstrip", false},
+                                   {"single_word", false}, {"special", true}};
+    const nlohmann::ordered_json j = {{"add_bos_token", false},
+                                      {"add_prefix_space", false},
+                                      {"added_tokens_decoder", std::move(added)},
+                                      {"bos_token", eot},
+                                      {"clean_up_tokenization_spaces", false},
+                                      {"eos_token", eot},
+                                      {"errors", "replace"},
+                                      {"tokenizer_class", "GPT2Tokenizer"},
+                                      {"unk_token", eot}};
+    return j.dump(2, ' ', true) + "\n";
+  }
+
+  // Writes, each atomically, into dir (created if needed): vocab.json and merges.txt
+  // (GPT-2's files; omitted when they cannot describe the special tokens, fits_gpt2_files)
+  // and the Hugging Face files tokenizer.json, tokenizer_config.json,
+  // special_tokens_map.json.
   void save(const std::filesystem::path& dir) const {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) fail_io("cannot create directory " + dir.string() + ": " + ec.message());
-    if (fits_gpt2_files()) {
-      io::write_file_atomic(dir / "vocab.json", vocab_json());
-      io::write_file_atomic(dir / "merges.txt", merges_txt());
-      return;
-    }
+    const bool gpt2_files = fits_gpt2_files();
     // Tokenizer::load_from prefers vocab.json + merges.txt: old ones would win.
-    if (std::filesystem::exists(dir / "vocab.json") || std::filesystem::exists(dir / "merges.txt"))
+    if (!gpt2_files && (std::filesystem::exists(dir / "vocab.json") ||
+                        std::filesystem::exists(dir / "merges.txt")))
       fail(dir.string() + " already holds vocab.json or merges.txt, which cannot describe " +
            "this tokenizer's special tokens (it is saved as tokenizer.json)");
+    // tokenizer.json first: a crash between files leaves, at worst, a complete
+    // tokenizer.json with no vocab.json (load_from then reads tokenizer.json).
     io::write_file_atomic(dir / "tokenizer.json", tokenizer_json());
+    io::write_file_atomic(dir / "tokenizer_config.json", tokenizer_config_json());
+    io::write_file_atomic(dir / "special_tokens_map.json", special_tokens_map_json());
+    if (gpt2_files) {
+      io::write_file_atomic(dir / "vocab.json", vocab_json());
+      io::write_file_atomic(dir / "merges.txt", merges_txt());
+    }
   }
 
  private:

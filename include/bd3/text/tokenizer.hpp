@@ -1,8 +1,10 @@
 #pragma once
 // Tokenizer: the byte tokenizer or a GPT-2 byte-level BPE behind one value type, and how
 // a model checkpoint directory records which one it uses:
-//   - BPE:   DIR/vocab.json + DIR/merges.txt (GPT-2's formats), or DIR/tokenizer.json when
-//            it has special tokens other than <|endoftext|> (Gpt2Tokenizer::save);
+//   - BPE:   DIR/vocab.json + DIR/merges.txt (GPT-2's formats) with Hugging Face's
+//            tokenizer.json, tokenizer_config.json and special_tokens_map.json; only the
+//            Hugging Face files when it has special tokens other than <|endoftext|>
+//            (Gpt2Tokenizer::save);
 //   - bytes: DIR/tokenizer.json containing {"type":"bytes"}.
 // load_from() also accepts a Hugging Face tokenizer.json of a byte-level BPE model.
 //
@@ -136,6 +138,11 @@ class Tokenizer {
   // document (e.g. a Hugging Face tokenizer.json); bd3::Error when it is not JSON.
   static bool is_bytes_marker(const std::filesystem::path& path) {
     if (!std::filesystem::exists(path)) return false;
+    // The marker is a few bytes; a BPE's tokenizer.json (written next to vocab.json and
+    // merges.txt) holds its whole vocabulary and need not be parsed to tell.
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path, ec);
+    if (!ec && size > 4096) return false;
     const std::string text = detail::read_file(path, kMaxTokenizerFileBytes, "tokenizer file");
     io::check_json_depth(text, path.string());
     nlohmann::json j;
