@@ -158,3 +158,30 @@ TEST_CASE("bd3 train, --resume, bd3 eval", "[cli][train]") {
   CHECK(r.code == 2);
   fs::remove_all(dir);
 }
+
+TEST_CASE("bd3 sample's DDPM uses the noise schedule the model was trained with", "[cli][train]") {
+  const auto dir = temp_dir("noise");
+  const auto data = dir / "data.txt";
+  {
+    std::ofstream f(data);
+    for (int i = 0; i < 40; ++i) f << "in the beginning was the word, and the word was with the text.\n";
+  }
+  const auto out = dir / "out";
+  auto r = run("train --data " + data.string() + " --out " + out.string() +
+               " --tokenizer bytes --block-size 8 --length 32 --layers 1 --hidden 32 --heads 2"
+               " --batch 4 --steps 3 --seed 3 --threads 1 --noise square --quiet");
+  REQUIRE(r.code == 0);
+  CHECK(bd3::train::load_training_checkpoint(out).state.options.noise == "square");
+  const std::string sample = "sample --model " + out.string() + " --steps 8 --length 64 --seed 5 --threads 1 --json";
+  const auto recorded = run(sample), square = run(sample + " --noise square"),
+             loglinear = run(sample + " --noise loglinear");
+  REQUIRE(recorded.code == 0);
+  REQUIRE(square.code == 0);
+  REQUIRE(loglinear.code == 0);
+  CHECK(recorded.out == square.out);
+  CHECK(recorded.out != loglinear.out);
+  // A name the program does not know is a usage error, before anything is loaded.
+  r = run(sample + " --noise cubic");
+  CHECK(r.code == 2);
+  CHECK(r.err.find("unknown noise schedule 'cubic'") != std::string::npos);
+}

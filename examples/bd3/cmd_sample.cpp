@@ -46,7 +46,7 @@ std::string dump(const nlohmann::ordered_json& j) {
 constexpr int64_t kMaxSampleLength = int64_t{1} << 24;
 
 struct SampleArgs {
-  std::string model, prompt, prompt_file, noise = "loglinear", decode_weights = "f32";
+  std::string model, prompt, prompt_file, noise, decode_weights = "f32";
   int64_t length = 0, n_predict = 0, bos = -1, eos = -1;
   uint64_t seed = 0;
   int steps = 0, top_k = 0, batch = 1, threads = 0, max_retries = 10, min_reveal = 1;
@@ -162,7 +162,7 @@ int run_sample(const SampleArgs& a) {
     fail_usage("--decode-weights " + a.decode_weights +
                " applies to KV-cached decoding: not with --no-kv-cache");
   set_threads(a.threads);
-  const RuntimeNoise noise(a.noise);
+  if (!a.noise.empty()) (void)bd3::noise_from_name(a.noise);  // unknown: usage error now
 
   std::string prompt = a.prompt;
   const bool has_prompt = a.prompt_opt->count() || a.prompt_file_opt->count();
@@ -170,6 +170,7 @@ int run_sample(const SampleArgs& a) {
     prompt = read_input(a.prompt_file, uint64_t{1} << 26, "prompt file");
 
   const fs::path dir = model_dir(a.model);  // a model directory or a training output directory
+  const RuntimeNoise noise(a.noise.empty() ? recorded_noise(dir) : a.noise);
   const auto config = load_config(dir);
   // Before the weights are read: a length or batch that cannot fit is a usage error (with
   // --n-predict, the prompt's bytes bound its tokens).
@@ -335,7 +336,8 @@ const Registrar sample_command([](CLI::App& app) -> Runner {
   a->eos_opt = sub->add_option("--eos", a->eos,
                                "EOS id for --var-length (default: the tokenizer's, else BOS)");
   sub->add_option("--noise", a->noise,
-                  "Noise schedule of the DDPM sampler (loglinear, cosine, square, ...)");
+                  "Noise schedule of the DDPM sampler (default: the one the model was trained with, else "
+                  "loglinear)");
   sub->add_option("--max-retries", a->max_retries,
                   "Redraws of a degenerate fixed-length sample before failing");
   sub->add_flag("--json", a->json,

@@ -5,6 +5,7 @@
 //   bd3 eval --model DIR --data FILE [--samples K] [--split validation|train|all]
 //       one JSON line: nelbo, ppl, bits_per_token, tokens.
 #include <bd3/diffusion/estimator.hpp>
+#include <bd3/diffusion/evaluate.hpp>
 #include <bd3/text/bpe_trainer.hpp>
 #include <bd3/text/corpus.hpp>
 #include <bd3/text/detail/files.hpp>
@@ -541,72 +542,38 @@ int run_eval(const EvalFlags& f) {
           8.0 * double(sequences.size()) * f.samples,
       fmt::format("eval of {} sequences x --samples {} at --batch {}", sequences.size(), f.samples,
                   f.batch));
-  const int L = ck.config.model_length;
+  bd3::EvalOptions eval;
+  eval.batch = f.batch, eval.samples = f.samples, eval.seed = f.seed, eval.estimator = eo;
   const int64_t batches = (int64_t(sequences.size()) + f.batch - 1) / f.batch;
   Progress progress("bd3 eval", batches * f.samples, f.quiet);
   const auto start = Clock::now();
-  double loss_sum = 0;
-  int64_t tokens = 0;
-  std::vector<int32_t> x0;
-  std::vector<double> per_token;
-  // seq_nelbo[s * N + i]: the per-token NELBO of sequence i in draw s (the training loss
-  // at batch 1), for the estimator's variance.
-  const size_t N = sequences.size();
-  std::vector<double> seq_nelbo(N * size_t(f.samples), 0.0);
-  for (int s = 0; s < f.samples; ++s)
-    for (int64_t b = 0; b < batches; ++b) {
-      const int64_t lo = b * f.batch,
-                    hi = std::min<int64_t>(lo + f.batch, int64_t(sequences.size()));
-      const int n = int(hi - lo);
-      x0.resize(size_t(n) * L);
-      for (int k = 0; k < n; ++k)
-        corpus.sequence_at(sequences[size_t(lo + k)],
-                           std::span<int32_t>(x0).subspan(size_t(k) * L, L));
-      bd3::CounterRng rng(f.seed, {bd3::rng_stream::eval, uint64_t(s), uint64_t(b)});
-      auto terms = bd3::estimate_nelbo(model, x0, n, eo, rng, &per_token);
-      for (int k = 0; k < n; ++k) {
-        double sum = 0;
-        for (int q = 1; q < L; ++q) sum += per_token[size_t(k) * L + size_t(q)];
-        seq_nelbo[size_t(s) * N + size_t(lo + k)] = sum / double(L - 1);
-      }
-      loss_sum += terms.loss_sum;
-      tokens += terms.tokens;
-      const int64_t done = int64_t(s) * batches + b + 1;
-      const double el = std::chrono::duration<double>(Clock::now() - start).count();
-      progress.update(done, fmt::format("nelbo {:.4f}", loss_sum / double(tokens)),
-                      el / double(done) * double(batches * f.samples - done));
-    }
-  progress.finish();
-  const double nelbo = loss_sum / double(tokens);
-  if (!std::isfinite(nelbo))
-    throw bd3::Error(
-        bd3::ErrorKind::numerical,
-        fmt::format(
-            "eval: the NELBO is not finite ({}): the model's weights or outputs are not finite "
-            "(bd3 inspect --model {} checks the weights)",
-            nelbo, f.model));
-  // Two variances of the per-sequence NELBO: across every (sequence, draw) pair (data and
-  // masks), and across the draws of one sequence averaged over sequences (the masks
-  // alone: the noise schedule's share, which clipping reduces; needs --samples >= 2).
-  const double total_variance = bd3::sample_variance(seq_nelbo);
-  double mask_variance = 0;
-  if (f.samples >= 2) {
-    std::vector<double> draws(size_t(f.samples));
-    for (size_t i = 0; i < N; ++i) {
-      for (int s = 0; s < f.samples; ++s) draws[size_t(s)] = seq_nelbo[size_t(s) * N + i];
-      mask_variance += bd3::sample_variance(draws) / double(N);
-    }
+  eval.on_batch = [&](int64_t done, int64_t total, double running) {
+    const double el = std::chrono::duration<double>(Clock::now() - start).count();
+    progress.update(done, fmt::format("nelbo {:.4f}", running),
+                    el / double(done) * double(total - done));
+  };
+  bd3::EvalResult r;
+  try {
+    r = bd3::evaluate_nelbo(model, corpus, sequences, eval);
+  } catch (const bd3::Error& e) {
+    if (e.kind() != bd3::ErrorKind::numerical) throw;
+    throw bd3::Error(bd3::ErrorKind::numerical,
+                     fmt::format("eval: {} (bd3 inspect --model {} checks the weights)",
+                                 std::string(e.what()).substr(sizeof("evaluate_nelbo: ") - 1),
+                                 f.model));
   }
+  progress.finish();
+  const double nelbo = r.nelbo;
   nlohmann::json j = {
       {"nelbo", nelbo},
       {"ppl", std::exp(nelbo)},
       {"bits_per_token", nelbo / std::log(2.0)},
-      {"tokens", tokens / f.samples},
+      {"tokens", r.tokens},
       {"sequences", sequences.size()},
       {"samples", f.samples},
-      {"nelbo_variance", total_variance},
-      {"mask_variance", f.samples >= 2 ? nlohmann::json(mask_variance) : nlohmann::json(nullptr)},
-      {"standard_error", std::sqrt(total_variance / double(N * size_t(f.samples)))},
+      {"nelbo_variance", r.variance},
+      {"mask_variance", f.samples >= 2 ? nlohmann::json(r.mask_variance) : nlohmann::json(nullptr)},
+      {"standard_error", r.standard_error},
       {"split", f.split},
       {"eps_min", eo.eps_min},
       {"eps_max", eo.eps_max},

@@ -144,6 +144,14 @@ inline std::filesystem::path model_dir(const std::string& dir) {
   return train::resolve_checkpoint_dir(dir);
 }
 
+// The noise schedule a checkpoint was trained with (its trainer_state.json), else
+// loglinear (the official checkpoints' schedule).
+inline std::string recorded_noise(const std::filesystem::path& dir) {
+  const auto state = dir / "trainer_state.json";
+  if (!std::filesystem::exists(state)) return "loglinear";
+  return train::TrainerState::from_json(read_json_file(state), state.string()).options.noise;
+}
+
 inline CliModel load_model(const std::string& dir) {
   auto ck = load_checkpoint(model_dir(dir));
   CliModel model(ck.config);

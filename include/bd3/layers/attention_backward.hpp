@@ -155,7 +155,10 @@ void attention_block_sparse_backward(const AttentionGradArgs<T>& a, const Mask& 
     T* my_dv = acc.dv(tid);
     Mat S, dP, dQ;
     Eigen::Matrix<T, Eigen::Dynamic, 1> Dvec;
-#pragma omp for collapse(2) schedule(dynamic, 1)
+    // A static round-robin split: which tiles a thread sums into its dK/dV accumulators,
+    // and in which order, depends only on the thread count, so the gradients are the same
+    // bits from run to run (a dynamic schedule balances as well but sums in arrival order).
+#pragma omp for collapse(2) schedule(static, 1)
     for (int h = 0; h < a.n_heads; ++h) {
       for (int t = 0; t < n_tiles; ++t) {
         const int q0 = tiles[t].begin, tq = tiles[t].size();
