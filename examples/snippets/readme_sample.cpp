@@ -1,6 +1,7 @@
 // The README's library example: load a checkpoint and sample from it with bd3::sample::Sampler.
 // Usage: readme_sample MODEL_DIR   (config.json + model.safetensors, and a tokenizer if the
 // directory has one: tokenizer.json, or vocab.json + merges.txt)
+// [readme]
 #include <bd3/inference.hpp>
 
 #include <algorithm>
@@ -35,3 +36,4 @@ int main(int argc, char** argv) {
       std::filesystem::exists(dir / "vocab.json"))
     std::printf("%s\n", bd3::text::Tokenizer::load_from(dir).decode(ids).c_str());
 }
+// [readme]

@@ -17,7 +17,7 @@ status=0 blocks=0
 for doc in "$@"; do
   # Each block becomes work/N.{src,tag,doc}; a cpp block without a marker is an error.
   awk -v dir="$work" '
-    /^<!-- examples\/[a-z_]+\.cpp \[[a-z_]+\] -->$/ { split($0, f, " "); src = f[2]; tag = f[3]; next }
+    /^<!-- examples\/[a-z_\/]+\.cpp \[[a-z_0-9]+\] -->$/ { split($0, f, " "); src = f[2]; tag = f[3]; next }
     /^```cpp$/ { n++; if (src == "") { print "unmarked cpp block at line " NR; bad = 1 }
                  print src > (dir "/" n ".src"); print tag > (dir "/" n ".tag"); inblock = 1; next }
     /^```$/ && inblock { inblock = 0; src = ""; next }
