@@ -232,7 +232,7 @@ TEST_CASE("tokenize, detokenize, tokenizer train: short flags and standard input
   }
 }
 
-TEST_CASE("a directory given as --data is refused as one; --tokenizer takes a training output",
+TEST_CASE("a directory given as --data is refused as one, and --tokenizer takes a training output",
           "[cli][flags]") {
   const auto& w = world();
   const std::string dir = w.dir.path().string();
