@@ -232,7 +232,8 @@ TEST_CASE("tokenize, detokenize, tokenizer train: short flags and standard input
   }
 }
 
-TEST_CASE("--data naming a directory, --tokenizer naming a training output", "[cli][flags]") {
+TEST_CASE("a directory given as --data is refused as one, and --tokenizer takes a training output",
+          "[cli][flags]") {
   const auto& w = world();
   const std::string dir = w.dir.path().string();
   for (const auto& args : std::vector<std::vector<std::string>>{
@@ -387,6 +388,22 @@ TEST_CASE("sample streams each block to stdout as it is committed", "[cli][strea
   CHECK(q.exit_code == 0);
   CHECK(q.err.empty());
   CHECK(q.out == r.out);
+  // A fixed-length sample the degenerate-sample rule rejects (greedy decoding repeats
+  // itself: a unigram entropy below 4 nats over 256 tokens): each attempt's streamed line ends, the
+  // redraw starts on the next; after the last attempt, the error.
+  const CliRun d = bd3_run({"sample", "-m", w.model.string(), "-n", "300", "-t", "1",
+                            "--max-retries", "1", "--temp", "0"});
+  INFO("stdout: " << d.out << "\nstderr: " << d.err);
+  CHECK(d.exit_code == 1);
+  CHECK(bd3::test::count_lines(d.out) == 2);
+  CHECK(d.err.find("degenerate sample (attempt 1), redrawing\n") != std::string::npos);
+  CHECK(d.err.find("degenerate sample (attempt 2)\n") != std::string::npos);
+  CHECK(d.err.rfind("bd3: sampling failed") != std::string::npos);
+  const CliRun dq = bd3_run({"sample", "-m", w.model.string(), "-n", "300", "-t", "1",
+                             "--max-retries", "1", "--temp", "0", "--quiet"});
+  CHECK(dq.exit_code == 1);
+  CHECK(bd3::test::one_line(dq.err));
+  CHECK(dq.out == d.out);
   // stderr not a terminal: a run this short (under a second) writes nothing there.
   const CliRun f = bd3_run({"sample", "-m", w.model.string(), "-n", "20", "-t", "1"});
   CHECK(f.exit_code == 0);

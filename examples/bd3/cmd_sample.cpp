@@ -95,6 +95,8 @@ class SampleStream {
     finish_line();
     start(prefix);
   }
+  // The last attempt was rejected (an error follows): end its line.
+  void end_line() { finish_line(); }
   // The final sample: what is still held back, then the end of the line.
   void finish(std::span<const int32_t> final_ids) {
     ids_.assign(final_ids.begin(), final_ids.end());
@@ -246,10 +248,16 @@ int run_sample(const SampleArgs& a) {
                                                                int64_t(prefix.size()));
     done_total += now - d, d = now;
     if (ev.rejected) {
-      progress.message(
-          fmt::format("bd3 sample: sequence {}: degenerate sample, redrawing (attempt {})",
-                      ev.sequence, ev.attempt + 2));
-      if (stream) out.restart(prefix);
+      // Said even when no bar is drawn over the streamed text: that text's line ends here.
+      const bool redraw = ev.attempt < o.max_retries;
+      const std::string line =
+          fmt::format("bd3 sample: sequence {}: degenerate sample (attempt {}){}", ev.sequence,
+                      ev.attempt + 1, redraw ? ", redrawing" : "");
+      if (!progress.quiet())
+        progress.message(line);
+      else if (!a.quiet)
+        fmt::print(stderr, "{}\n", line);
+      if (stream) redraw ? out.restart(prefix) : out.end_line();
     } else if (stream) {
       out.block(ev.position, ev.tokens);
     }
