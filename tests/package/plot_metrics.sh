@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # scripts/plot_metrics.sh on a metrics.jsonl like `bd3 train` writes (with a validation
 # loss on some lines, a clip-search event and a torn last line): a PNG; a file without
-# metrics lines is refused (exit 1) and leaves no PNG. Skipped (77) without gnuplot: the
-# plot script would install it (scripts/deps.sh gnuplot-nox), which a test must not do.
+# metrics lines is refused (exit 1) and leaves no PNG. scripts/deps.sh installs gnuplot for
+# the test run; without it the test fails (a test does not install packages itself).
 # Usage: tests/package/plot_metrics.sh SOURCE_DIR
 set -euo pipefail
 src=$1
-command -v gnuplot >/dev/null || { echo "plot_metrics: gnuplot is not installed (scripts/deps.sh gnuplot-nox)"; exit 77; }
+command -v gnuplot >/dev/null || { echo "plot_metrics: gnuplot is not installed (scripts/deps.sh installs it)"; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 awk 'BEGIN {
