@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 namespace bd3::layers {
@@ -29,37 +30,41 @@ void rotary_table(int head_dim, int64_t pos0, int n, std::vector<T>& cos, std::v
   }
 }
 
+namespace detail {
+// Rotates q and k of every head of every row by the angles of its position (Transpose:
+// by their negatives, the backward).
+template <bool Transpose, class T, class PosFn>
+void rotate_qk(T* qkv, int64_t N, int D, int H, int Dh, PosFn pos, const std::vector<T>& cos,
+               const std::vector<T>& sin) {
+  const int half = Dh / 2;
+#pragma omp parallel for schedule(static) if (N * D > 32768)
+  for (int64_t i = 0; i < N; ++i) {
+    const int p = pos(i);
+    const T* c = cos.data() + size_t(p) * half;
+    const T* s = sin.data() + size_t(p) * half;
+    for (int h = 0; h < H; ++h)
+      for (T* x : {qkv + i * 3 * D + h * Dh, qkv + i * 3 * D + D + h * Dh}) {  // q, k
+        if constexpr (Transpose)
+          kernels::rotary_transpose<T>(x, c, s, Dh);
+        else
+          kernels::rotary<T>(x, c, s, Dh);
+      }
+  }
+}
+}  // namespace detail
+
 // pos(r) -> int: the row of the table that row r of qkv uses.
 template <class T, class PosFn>
 void rotary_forward(T* qkv, int64_t N, int D, int H, int Dh, PosFn pos, const std::vector<T>& cos,
                     const std::vector<T>& sin) {
-  const int half = Dh / 2;
-#pragma omp parallel for schedule(static) if (N * D > 32768)
-  for (int64_t i = 0; i < N; ++i) {
-    const int p = pos(i);
-    const T* c = cos.data() + size_t(p) * half;
-    const T* s = sin.data() + size_t(p) * half;
-    for (int h = 0; h < H; ++h) {
-      kernels::rotary<T>(qkv + i * 3 * D + h * Dh, c, s, Dh);      // q
-      kernels::rotary<T>(qkv + i * 3 * D + D + h * Dh, c, s, Dh);  // k
-    }
-  }
+  detail::rotate_qk<false>(qkv, N, D, H, Dh, pos, cos, sin);
 }
 
+// dqkv: the gradient of the rotated q and k in, of the unrotated ones out (v untouched).
 template <class T, class PosFn>
 void rotary_backward(T* dqkv, int64_t N, int D, int H, int Dh, PosFn pos, const std::vector<T>& cos,
                      const std::vector<T>& sin) {
-  const int half = Dh / 2;
-#pragma omp parallel for schedule(static) if (N * D > 32768)
-  for (int64_t i = 0; i < N; ++i) {
-    const int p = pos(i);
-    const T* c = cos.data() + size_t(p) * half;
-    const T* s = sin.data() + size_t(p) * half;
-    for (int h = 0; h < H; ++h) {
-      kernels::rotary_transpose<T>(dqkv + i * 3 * D + h * Dh, c, s, Dh);
-      kernels::rotary_transpose<T>(dqkv + i * 3 * D + D + h * Dh, c, s, Dh);
-    }
-  }
+  detail::rotate_qk<true>(dqkv, N, D, H, Dh, pos, cos, sin);
 }
 
 }  // namespace bd3::layers
