@@ -394,7 +394,9 @@ class BlockDiffusionModel {
     DecodePass pass{*this, cache, R, cached, mask, {}, {}};
     layers::rotary_table<Scalar>(config_.head_dim(), cache.next_position(), R, pass.cos_,
                                  pass.sin_);
-    ActivationArena<Scalar> arena;
+    // Decode calls are small and many: each thread keeps its arena (and its capacity)
+    // across calls instead of allocating and zeroing one per call.
+    thread_local ActivationArena<Scalar> arena;
     arena.reset(block_activation_layout<Scalar>(pass, N, D), 1);
     for (int l = 0; l < config_.n_blocks; ++l) {
       pass.layer = l;
