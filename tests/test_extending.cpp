@@ -21,10 +21,10 @@
 #include <vector>
 
 using namespace bd3;
-using bd3::train::loss_and_gradient;
 using bd3::test::fixture_cases;
 using bd3::test::ids;
 using bd3::test::relative_max_diff;
+using bd3::train::loss_and_gradient;
 
 namespace {
 
@@ -97,8 +97,7 @@ TEST_CASE("an attention backend of one's own equals the built-in one on the fixt
   }
 }
 
-TEST_CASE("a backend without a backward samples and evaluates, and cannot train",
-          "[extending]") {
+TEST_CASE("a backend without a backward samples and evaluates, and cannot train", "[extending]") {
   static_assert(AttentionBackend<ForwardOnlyAttention>);
   static_assert(!TrainableAttention<ForwardOnlyAttention>);  // bd3::train::backward static_asserts
   static_assert(!AttentionBackend<SimdAttention, double>);   // float only
@@ -161,7 +160,8 @@ TEST_CASE("a noise schedule of one's own masks by its p(t) and weighs by its w(t
         CHECK(nb.weight[i] == 3.0 / t);
       }
     }
-  INFO("masked " << masked << ", expected " << cubic << " (cubic), " << loglinear << " (loglinear)");
+  INFO("masked " << masked << ", expected " << cubic << " (cubic), " << loglinear
+                 << " (loglinear)");
   CHECK(std::abs(masked - cubic) < 5 * std::sqrt(cubic_var));
   CHECK(std::abs(masked - loglinear) > 50 * std::sqrt(cubic_var));
 }
@@ -190,8 +190,8 @@ TEST_CASE("a noise schedule of one's own trains, evaluates, samples, and names i
 
   // The checkpoint records the schedule; it resumes only into a model of that schedule,
   // and a program that does not know the name says so.
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("bd3_test_extending_" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("bd3_test_extending_" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   trainer.save(dir, &tok);
   const auto ck = train::load_training_checkpoint(dir);
@@ -275,8 +275,8 @@ TEST_CASE("docs/extending.md shows the files this test compiles", "[extending][d
   const std::filesystem::path root = std::filesystem::path(BD3_TEST_DATA_DIR) / ".." / "..";
   const std::string doc = slurp(root / "docs" / "extending.md");
   int shown = 0;
-  for (std::string file : {"tests/extending/cubic_schedule.hpp",
-                           "tests/extending/reference_attention.hpp"}) {
+  for (std::string file :
+       {"tests/extending/cubic_schedule.hpp", "tests/extending/reference_attention.hpp"}) {
     INFO("file " << file);
     const std::string marker = "<!-- " + file + " -->\n```cpp\n";
     const size_t at = doc.find(marker);

@@ -16,6 +16,8 @@ constexpr uint64_t mix64(uint64_t z) {
 }
 
 // One SplitMix64 step from state z: the finaliser of z + gamma.
-constexpr uint64_t splitmix64(uint64_t z) { return mix64(z + golden_gamma); }
+constexpr uint64_t splitmix64(uint64_t z) {
+  return mix64(z + golden_gamma);
+}
 
 }  // namespace bd3::detail

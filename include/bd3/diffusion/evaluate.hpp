@@ -20,8 +20,8 @@
 namespace bd3 {
 
 struct EvalOptions {
-  int batch = 8;     // sequences per forward pass
-  int samples = 1;   // independent mask draws per sequence
+  int batch = 8;    // sequences per forward pass
+  int samples = 1;  // independent mask draws per sequence
   uint64_t seed = 0;
   // The estimator; shuffle_strata keeps it unbiased for a fixed order of sequences.
   EstimatorOptions estimator = [] {
@@ -34,14 +34,14 @@ struct EvalOptions {
 };
 
 struct EvalResult {
-  double nelbo = 0;            // per token, over positions 1..L-1 of every sequence
-  int64_t tokens = 0;          // tokens of one draw
+  double nelbo = 0;    // per token, over positions 1..L-1 of every sequence
+  int64_t tokens = 0;  // tokens of one draw
   int64_t sequences = 0;
   // Variances of a sequence's per-token NELBO: over every (sequence, draw) pair (data and
   // masks), and over the draws of one sequence, averaged (the masks alone: the noise
   // schedule's share, which clipping reduces; 0 with one sample).
   double variance = 0, mask_variance = 0;
-  double standard_error = 0;   // of nelbo
+  double standard_error = 0;  // of nelbo
   double ppl() const { return std::exp(nelbo); }
   double bits_per_token() const { return nelbo / std::log(2.0); }
 };
@@ -87,7 +87,8 @@ EvalResult evaluate_nelbo(const Model& model, const text::Corpus& corpus,
       }
       loss_sum += terms.loss_sum;
       tokens += terms.tokens;
-      if (o.on_batch) o.on_batch(int64_t(s) * batches + b + 1, batches * o.samples, loss_sum / double(tokens));
+      if (o.on_batch)
+        o.on_batch(int64_t(s) * batches + b + 1, batches * o.samples, loss_sum / double(tokens));
     }
   EvalResult r;
   r.nelbo = loss_sum / double(tokens);

@@ -35,9 +35,9 @@ struct Modulation {
 // Everything the weights determine before any token is seen.
 template <class T>
 struct Conditioning {
-  std::vector<T> cond;                           // [C] c
-  std::vector<T> sigma_hidden, sigma_out;        // [C] hid, out (for the backward)
-  std::vector<Modulation<T>> layers;             // one per layer
+  std::vector<T> cond;                               // [C] c
+  std::vector<T> sigma_hidden, sigma_out;            // [C] hid, out (for the backward)
+  std::vector<Modulation<T>> layers;                 // one per layer
   std::vector<T> final_shift, final_scale, final_a;  // [D] the output layer's
 
   // Forward: from the flat parameters `p` of layout `lay`.
@@ -71,7 +71,9 @@ struct Conditioning {
       const auto& o = lay.layers[l];
       layers::linear_forward<T>(cond.data(), 1, C, p + o.ada_w, p + o.ada_b, 6 * D, mod.data());
       auto& m = layers[l];
-      auto chunk = [&](int i) { return std::vector<T>(mod.begin() + i * D, mod.begin() + (i + 1) * D); };
+      auto chunk = [&](int i) {
+        return std::vector<T>(mod.begin() + i * D, mod.begin() + (i + 1) * D);
+      };
       m.shift1 = chunk(0), m.scale1 = chunk(1), m.gate1 = chunk(2);
       m.shift2 = chunk(3), m.scale2 = chunk(4), m.gate2 = chunk(5);
       m.a1.resize(D), m.a2.resize(D);

@@ -39,26 +39,25 @@ namespace bd3 {
 // N rows, D hidden, F = 4D. A pass that does not keep the block's input (decode) or the
 // MLP's value before GELU (a pass that fuses GELU) gives those no room.
 struct BlockActivationLayout {
-  int64_t x_in = 0;                  // [N, D] residual stream entering the block
+  int64_t x_in = 0;                    // [N, D] residual stream entering the block
   int64_t ln1_mean = 0, ln1_rstd = 0;  // [N]
-  int64_t h1 = 0;                    // [N, D] LN1 output after adaLN modulation
-  int64_t qkv = 0;                   // [N, 3D] q and k after rotary, v
-  int64_t lse = 0;                   // [lse_size] attention log-sum-exp (batch, H, rows)
-  int64_t att = 0;                   // [N, D] attention output (heads concatenated)
-  int64_t attn_proj = 0;             // [N, D] att W_out^T (before the gate)
-  int64_t x_mid = 0;                 // [N, D] residual after attention
+  int64_t h1 = 0;                      // [N, D] LN1 output after adaLN modulation
+  int64_t qkv = 0;                     // [N, 3D] q and k after rotary, v
+  int64_t lse = 0;                     // [lse_size] attention log-sum-exp (batch, H, rows)
+  int64_t att = 0;                     // [N, D] attention output (heads concatenated)
+  int64_t attn_proj = 0;               // [N, D] att W_out^T (before the gate)
+  int64_t x_mid = 0;                   // [N, D] residual after attention
   int64_t ln2_mean = 0, ln2_rstd = 0;  // [N]
-  int64_t h2 = 0;                    // [N, D] LN2 output after modulation
-  int64_t mlp_pre = 0;               // [N, F] before GELU
-  int64_t mlp_act = 0;               // [N, F] after GELU
-  int64_t mlp_out = 0;               // [N, D] (before the gate)
+  int64_t h2 = 0;                      // [N, D] LN2 output after modulation
+  int64_t mlp_pre = 0;                 // [N, F] before GELU
+  int64_t mlp_act = 0;                 // [N, F] after GELU
+  int64_t mlp_out = 0;                 // [N, D] (before the gate)
   int64_t total = 0;
   int64_t N = 0, D = 0, lse_size = 0;
   bool keep_input = true, keep_pre = true;
 
   BlockActivationLayout() = default;
-  BlockActivationLayout(int64_t rows, int64_t hidden, int64_t lse_elements, bool input,
-                        bool pre)
+  BlockActivationLayout(int64_t rows, int64_t hidden, int64_t lse_elements, bool input, bool pre)
       : N(rows), D(hidden), lse_size(lse_elements), keep_input(input), keep_pre(pre) {
     const int64_t F = 4 * D;
     auto add = [&](int64_t n) { return std::exchange(total, total + n); };
@@ -74,8 +73,8 @@ struct BlockActivationLayout {
 // dropout keep masks (1 = kept) of attn_proj and mlp_out, [N, D] each (empty without).
 template <class T>
 struct LayerActivations {
-  std::span<T> x_in, ln1_mean, ln1_rstd, h1, qkv, lse, att, attn_proj, x_mid, ln2_mean,
-      ln2_rstd, h2, mlp_pre, mlp_act, mlp_out;
+  std::span<T> x_in, ln1_mean, ln1_rstd, h1, qkv, lse, att, attn_proj, x_mid, ln2_mean, ln2_rstd,
+      h2, mlp_pre, mlp_act, mlp_out;
   std::vector<uint8_t> keep_attn, keep_mlp;
 
   // Views of `slice` (layout.total elements) by `layout`.
@@ -171,8 +170,8 @@ void dit_block_forward(const BlockWeights<T>& w, int D, int H, std::vector<T>& x
   layers::gated_residual_forward<T>(a.x_mid.data(), N, D, m.gate1.data(), a.attn_proj.data(),
                                     dropout, layer, 0, a.keep_attn);
   // MLP branch.
-  layers::norm_modulate_forward<T>(a.x_mid.data(), N, D, m.a2.data(), m.shift2.data(),
-                                   a.h2.data(), a.ln2_mean.data(), a.ln2_rstd.data());
+  layers::norm_modulate_forward<T>(a.x_mid.data(), N, D, m.a2.data(), m.shift2.data(), a.h2.data(),
+                                   a.ln2_mean.data(), a.ln2_rstd.data());
   pass.linear_gelu(a.h2.data(), N, D, o.mlp0_w, w.at(o.mlp0_b), F, a.mlp_pre, a.mlp_act);
   pass.linear(a.mlp_act.data(), N, F, o.mlp2_w, w.at(o.mlp2_b), D, a.mlp_out.data());
   std::copy(a.x_mid.begin(), a.x_mid.end(), x.begin());
@@ -209,8 +208,8 @@ struct BlockBackwardScratch {
 // time: 1 MLP, 2 attention projections, 3 attention core, 4 norms, gates, rotary.
 template <class T, class PosFn, class AttentionBackwardFn, class Tick>
 void dit_block_backward(const BlockWeights<T>& w, int D, int H, const LayerActivations<T>& a,
-                        T keep_scale, std::span<const std::pair<int64_t, int64_t>> slabs,
-                        int64_t N, PosFn pos, const std::vector<T>& cos, const std::vector<T>& sin,
+                        T keep_scale, std::span<const std::pair<int64_t, int64_t>> slabs, int64_t N,
+                        PosFn pos, const std::vector<T>& cos, const std::vector<T>& sin,
                         AttentionBackwardFn attention_backward, T* grads, std::vector<T>& dx,
                         BlockBackwardScratch<T>& s, BlockModulationGrads& mg, Tick tick) {
   const int Dh = D / H, F = 4 * D;
@@ -235,8 +234,8 @@ void dit_block_backward(const BlockWeights<T>& w, int D, int H, const LayerActiv
     layers::linear_backward<T>(s.dy.data() + r0 * D, a.mlp_act.data() + r0 * F, n, F, D,
                                w.at(o.mlp2_w), g + o.mlp2_w, g + o.mlp2_b, s.dff.data() + r0 * F);
     layers::gelu_backward<T>(a.mlp_pre.data() + r0 * F, s.dff.data() + r0 * F, n * F);
-    layers::linear_backward<T>(s.dff.data() + r0 * F, a.h2.data() + r0 * D, n, D, F,
-                               w.at(o.mlp0_w), g + o.mlp0_w, g + o.mlp0_b, s.dh.data() + r0 * D);
+    layers::linear_backward<T>(s.dff.data() + r0 * F, a.h2.data() + r0 * D, n, D, F, w.at(o.mlp0_w),
+                               g + o.mlp0_w, g + o.mlp0_b, s.dh.data() + r0 * D);
     tick(1);
     layers::norm_modulate_backward<T>(
         n, D, m.a2.data(),

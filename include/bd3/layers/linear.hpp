@@ -46,7 +46,7 @@ inline std::pair<int64_t, int64_t> thread_slab(int64_t n, int t, int nt) {
 }
 
 template <class T>
-inline constexpr bool use_own_gemm = std::is_same_v<T, float> && kernels::simd::has_gemm_nt;
+inline constexpr bool use_own_gemm = std::is_same_v<T, float>&& kernels::simd::has_gemm_nt;
 
 // dW[out, in] += dY[N, out]^T X[N, in], split over the rows of dW.
 template <class T>
@@ -119,8 +119,8 @@ void linear_forward(const T* x, int64_t N, int64_t in, const T* W, const T* b, i
         kernels::simd::gemm_nt(x + r0 * in, r1 - r0, in, W, b, out, y + r0 * out);
       } else {
         detail::MapM<T> Y(y + r0 * out, r1 - r0, out);
-        Y.noalias() = detail::MapCM<T>(x + r0 * in, r1 - r0, in) *
-                      detail::MapCM<T>(W, out, in).transpose();
+        Y.noalias() =
+            detail::MapCM<T>(x + r0 * in, r1 - r0, in) * detail::MapCM<T>(W, out, in).transpose();
         if (b) Y.rowwise() += detail::MapCV<T>(b, out).transpose();
       }
     }
@@ -130,8 +130,8 @@ void linear_forward(const T* x, int64_t N, int64_t in, const T* W, const T* b, i
 // dW += dy^T x;  db += sum_rows dy (db optional);  dx = dy W (overwritten; skipped when
 // dx is null).
 template <class T>
-void linear_backward(const T* dy, const T* x, int64_t N, int64_t in, int64_t out, const T* W,
-                     T* dW, T* db, T* dx) {
+void linear_backward(const T* dy, const T* x, int64_t N, int64_t in, int64_t out, const T* W, T* dW,
+                     T* db, T* dx) {
   if (N == 0) return;
   detail::gemm_tn_accumulate<T>(dy, x, N, in, out, dW);
   if (db)

@@ -27,8 +27,7 @@ template <class T, class LinearFn>
 void output_forward(const T* x, int64_t R, int D, const T* a_f, const T* shift_f, int V,
                     OutputActivations<T>& act, std::vector<T>& logits, LinearFn linear) {
   act.mean.resize(R), act.rstd.resize(R), act.hf.resize(R * D);
-  norm_modulate_forward<T>(x, R, D, a_f, shift_f, act.hf.data(), act.mean.data(),
-                           act.rstd.data());
+  norm_modulate_forward<T>(x, R, D, a_f, shift_f, act.hf.data(), act.mean.data(), act.rstd.data());
   logits.resize(size_t(R) * V);
   linear(act.hf.data(), R, D, logits.data());
 }
@@ -36,7 +35,7 @@ void output_forward(const T* x, int64_t R, int D, const T* a_f, const T* shift_f
 // Scratch of the output layer's backward.
 template <class T>
 struct OutputBackwardScratch {
-  std::vector<int64_t> active;     // rows with a nonzero dlogits row
+  std::vector<int64_t> active;      // rows with a nonzero dlogits row
   std::vector<T> dlogits, hf, dhf;  // those rows, gathered
 };
 

@@ -11,8 +11,8 @@
 //      computes, recomputed from scratch).
 // The passes differ only in their Pass (dit_block.hpp): which linear kernel reads the
 // weights, where keys and values come from, which position a row has.
-#include <bd3/error.hpp>
 #include <bd3/detail/huge_pages.hpp>
+#include <bd3/error.hpp>
 #include <bd3/layers/attention.hpp>
 #include <bd3/layers/conditioning.hpp>
 #include <bd3/layers/dit_block.hpp>
@@ -46,14 +46,14 @@ namespace bd3 {
 template <class T>
 struct TrainActivations {
   int batch = 0;
-  int rows_per_sequence = 0;                // 2L
-  ActivationArena<T> arena;                 // the blocks' activations: one per layer, or
-                                            // one reused (inference)
-  std::vector<T> x_out;                     // [N, D] residual stream after the last layer
-  layers::OutputActivations<T> output;      // final norm of the xt rows [batch*L]
-  std::vector<T> logits;                    // [batch*L, V]
-  Dropout dropout;                          // the dropout of this forward (p = 0: none);
-                                            // kept branch outputs are scaled by 1/(1-p)
+  int rows_per_sequence = 0;            // 2L
+  ActivationArena<T> arena;             // the blocks' activations: one per layer, or
+                                        // one reused (inference)
+  std::vector<T> x_out;                 // [N, D] residual stream after the last layer
+  layers::OutputActivations<T> output;  // final norm of the xt rows [batch*L]
+  std::vector<T> logits;                // [batch*L, V]
+  Dropout dropout;                      // the dropout of this forward (p = 0: none);
+                                        // kept branch outputs are scaled by 1/(1-p)
 };
 
 template <BlockSizePolicy Block = BlockSize<dynamic>, NoiseSchedule Noise = noise::LogLinear,
@@ -341,11 +341,11 @@ class BlockDiffusionModel {
         x, R, D, conditioning_.final_a.data(), conditioning_.final_shift.data(), V, out, logits,
         [&](const Scalar* hf, int64_t n, int64_t in, Scalar* y) {
           if (decode)
-            decode_store_.linear(params_.data(), hf, n, in, layout_.out_w, param(layout_.out_b),
-                                 V, y);
+            decode_store_.linear(params_.data(), hf, n, in, layout_.out_w, param(layout_.out_b), V,
+                                 y);
           else
-            layers::linear_forward<Scalar>(hf, n, in, param(layout_.out_w), param(layout_.out_b),
-                                           V, y);
+            layers::linear_forward<Scalar>(hf, n, in, param(layout_.out_w), param(layout_.out_b), V,
+                                           y);
         });
   }
 

@@ -20,20 +20,19 @@
 namespace bd3 {
 
 template <class A, class T = float>
-concept AttentionBackend =
-    requires(const AttentionArgs<T>& args, const TrainingMask& training,
-             const BandedBlockCausalMask& banded, const DecodeMask& decode) {
-      { A::name } -> std::convertible_to<std::string_view>;
-      A::forward(args, training);
-      A::forward(args, banded);
-      A::forward(args, decode);
-    };
+concept AttentionBackend = requires(const AttentionArgs<T>& args, const TrainingMask& training,
+                                    const BandedBlockCausalMask& banded, const DecodeMask& decode) {
+  { A::name } -> std::convertible_to<std::string_view>;
+  A::forward(args, training);
+  A::forward(args, banded);
+  A::forward(args, decode);
+};
 
 // A backend the trainer can use: it has a backward for the training mask.
 template <class A, class T = float>
 concept TrainableAttention = AttentionBackend<A, T> &&
-                             requires(const AttentionGradArgs<T>& grad, const TrainingMask& mask) {
-                               A::backward(grad, mask);
-                             };
+    requires(const AttentionGradArgs<T>& grad, const TrainingMask& mask) {
+  A::backward(grad, mask);
+};
 
 }  // namespace bd3

@@ -66,8 +66,8 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
   const int V = cfg.vocab_size, n_layers = cfg.n_blocks;
   const int batch = act.batch, rows_seq = 2 * L;
   const int64_t N = int64_t(batch) * rows_seq, Nxt = int64_t(batch) * L;
-  if (batch < 1 || act.rows_per_sequence != rows_seq ||
-      int(act.arena.layers.size()) != n_layers || act.arena.layers[0].x_in.size() != size_t(N) * D)
+  if (batch < 1 || act.rows_per_sequence != rows_seq || int(act.arena.layers.size()) != n_layers ||
+      act.arena.layers[0].x_in.size() != size_t(N) * D)
     fail("backward: the activations must come from forward_train(..., keep_for_backward = true)");
   if (xt.size() != size_t(Nxt) || x0.size() != size_t(Nxt))
     fail("backward: xt and x0 must hold batch x L tokens");
