@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config libeigen3-dev libxsimd-dev xtl-dev catch2
   libbenchmark-dev nlohmann-json3-dev libpcre2-dev libcli11-dev libfmt-dev bible-kjv clang libomp-dev
-  gnuplot-nox "$@")
+  gnuplot-nox libopenmpi-dev openmpi-bin "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

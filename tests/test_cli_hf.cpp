@@ -77,7 +77,8 @@ nlohmann::json cases_for(const bd3::text::Tokenizer& tok, const std::vector<std:
 TEST_CASE("Hugging Face's client reads bd3's tokenizers and checkpoints", "[cli][hf]") {
   const TempDir root("hf");
   std::vector<std::string> texts;
-  for (const auto& c : read_json(kFixtures / "gpt2" / "cases.json")["cases"])
+  const auto fixture_cases = read_json(kFixtures / "gpt2" / "cases.json");
+  for (const auto& c : fixture_cases["cases"])
     texts.push_back(c["text"].get<std::string>());
   const std::string sample = corpus_sample();
   texts.push_back(sample);

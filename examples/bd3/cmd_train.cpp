@@ -29,6 +29,7 @@
 
 #include "cli.hpp"
 #include "input.hpp"
+#include "launch.hpp"
 #include "model_common.hpp"
 #include "progress.hpp"
 
@@ -147,6 +148,7 @@ struct TrainFlags {
   double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8;
   int64_t log_every = 1;
   bool quiet = false;
+  bool no_overlap = false;
 };
 
 // Options that define a run; on --resume they must not be given with another value.
@@ -155,32 +157,26 @@ struct Fixed {
   std::function<bool(const train::TrainOptions&, const bd3::ModelConfig&, const TrainFlags&)> same;
 };
 
-int run_train(const TrainFlags& f, CLI::App* cmd) {
-  bd3::cli::set_threads(f.threads);
-  if (f.out.empty()) fail_usage("--out is required");
-  if (f.log_every < 1) fail_usage("--log-every must be >= 1");
-  if (f.checkpoint_every < 0) fail_usage("--checkpoint-every must be >= 0");
-  if (!(f.max_seconds >= 0)) fail_usage("--max-seconds must be >= 0");
-  bd3::cli::check_count("--accumulate", f.accumulate, 1);
-  bd3::cli::check_count("--clip-batches", f.clip_batches, 1);
-  if (f.tokenizer_vocab < 0) fail_usage("--tokenizer-vocab must be >= 257");
-  if (cmd->get_option("--warmup")->count() > 0 && f.warmup < 0) fail_usage("--warmup must be >= 0");
-  const fs::path out = f.out;
-  const bool has_pointer = fs::exists(out / train::kPointerFile);
-  if (!f.resume && has_pointer)
-    fail_usage(out.string() +
-               " already holds a training checkpoint: add --resume, or choose another --out");
-  if (f.resume && !has_pointer)
-    fail_usage("--resume: " + out.string() + " holds no checkpoint (checkpoint.json)");
-  train::DirectoryLock lock(out);
-  Progress progress("bd3 train", f.steps, f.quiet);
-  auto given = [&](const char* name) { return cmd->get_option(name)->count() > 0; };
-
-  std::optional<text::Tokenizer> tokenizer;
-  std::optional<train::TrainingCheckpoint> ck;
-  std::vector<fs::path> data(f.data.begin(), f.data.end());
+// What a run is: its options and model shape (from the flags, or from the checkpoint it
+// resumes, which the flags must then agree with), its tokenizer and its data files.
+struct RunPlan {
   train::TrainOptions opts;
   bd3::ModelConfig config;
+  std::optional<text::Tokenizer> tokenizer;
+  std::optional<train::TrainingCheckpoint> ck;
+  std::vector<fs::path> data;
+};
+
+RunPlan plan_run(const TrainFlags& f, CLI::App* cmd, int ranks, Progress& progress) {
+  const fs::path out = f.out;
+  auto given = [&](const char* name) { return cmd->get_option(name)->count() > 0; };
+  RunPlan plan;
+  auto& opts = plan.opts;
+  auto& config = plan.config;
+  auto& tokenizer = plan.tokenizer;
+  auto& ck = plan.ck;
+  auto& data = plan.data;
+  data.assign(f.data.begin(), f.data.end());
   if (f.resume) {
     ck = train::load_training_checkpoint(out);
     if (!ck->tokenizer) fail(ck->dir.string() + " has no tokenizer");
@@ -193,7 +189,8 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
       if (data.empty())
         fail_usage("--resume: give --data (the checkpoint does not name its data files)");
     }
-    // Flags that define the run must agree with the checkpoint.
+    // Flags that define the run must agree with the checkpoint. --accumulate counts one
+    // rank's micro-batches; the checkpoint, every rank's.
     const std::vector<Fixed> fixed = {
         {"--block-size", [](auto&, auto& c, auto& f) { return c.block_size == f.block_size; }},
         {"--length", [](auto&, auto& c, auto& f) { return c.model_length == f.length; }},
@@ -214,7 +211,8 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
          [](auto& o, auto&, auto& f) { return o.adamw.weight_decay == f.weight_decay; }},
         {"--grad-clip", [](auto& o, auto&, auto& f) { return o.grad_clip == f.grad_clip; }},
         {"--ema", [](auto& o, auto&, auto& f) { return o.ema == f.ema; }},
-        {"--accumulate", [](auto& o, auto&, auto& f) { return o.accumulate == f.accumulate; }},
+        {"--accumulate",
+         [ranks](auto& o, auto&, auto& f) { return o.accumulate == f.accumulate * ranks; }},
         {"--dropout", [](auto& o, auto&, auto& f) { return o.dropout == f.dropout; }},
         {"--val-fraction",
          [](auto& o, auto&, auto& f) { return o.val_fraction == f.val_fraction; }},
@@ -223,7 +221,13 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     for (const auto& fx : fixed)
       if (given(fx.flag) && !fx.same(opts, config, f))
         fail_usage(std::string("--resume: ") + fx.flag + " differs from the checkpoint's value (" +
-                   ck->dir.string() + "/trainer_state.json)");
+                   ck->dir.string() + "/trainer_state.json" +
+                   (ranks > 1 ? fmt::format(", with {} ranks", ranks) : std::string()) + ")");
+    if (opts.accumulate % ranks != 0)
+      fail_usage(fmt::format(
+          "--resume: the checkpoint's step holds {} micro-batches of {} sequences, which do "
+          "not split over {} ranks",
+          opts.accumulate, opts.batch, ranks));
     const auto& extra = ck->state.extra;
     const bool same_tokenizer =
         (!given("--tokenizer") || extra.value("tokenizer", std::string()) == f.tokenizer) &&
@@ -237,59 +241,92 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     opts.steps = f.steps;
     if (!given("--steps")) opts.steps = std::max(ck->state.options.steps, ck->state.step);
     progress.set_total(opts.steps);
-  } else {
-    if (data.empty()) fail_usage("--data is required");
-    bd3::cli::check_data_files(data);
-    if (f.block_size < 1) fail_usage("--block-size must be >= 1");
-    if (f.length < 2) fail_usage("--length must be >= 2");
-    if (f.length % f.block_size != 0)
-      fail_usage(
-          fmt::format("--block-size {} does not divide --length {}", f.block_size, f.length));
-    if (f.layers < 1 || f.hidden < 2 || f.heads < 1 || f.cond < 1)
-      fail_usage("--layers, --hidden, --heads, --cond must be positive");
-    if (f.hidden % f.heads != 0 || (f.hidden / f.heads) % 2 != 0)
-      fail_usage(fmt::format("--hidden {} must be a multiple of --heads {} with an even head size",
-                             f.hidden, f.heads));
-    (void)bd3::noise_from_name(f.noise);  // usage error when unknown
-    tokenizer = make_tokenizer(f.tokenizer, f.tokenizer_vocab, data, f.threads, progress);
-    opts.noise = f.noise;
-    opts.batch = f.batch;
-    opts.accumulate = f.accumulate;
-    opts.steps = f.steps;
-    opts.seed = f.seed;
-    opts.adamw.lr = f.lr;
-    opts.adamw.beta1 = f.beta1, opts.adamw.beta2 = f.beta2, opts.adamw.eps = f.adam_eps;
-    opts.adamw.weight_decay = f.weight_decay;
-    opts.warmup = f.warmup >= 0 ? f.warmup : std::min<int64_t>(2500, f.steps / 10);
-    opts.lr_shape = f.cosine ? train::LrShape::cosine : train::LrShape::constant;
-    opts.min_lr = f.min_lr;
-    opts.grad_clip = f.grad_clip;
-    opts.ema = f.ema;
-    opts.dropout = f.dropout;
-    opts.interval = {f.eps_min, f.eps_max};
-    opts.resample = f.resample;
-    opts.clip_search = f.clip_search;
-    opts.clip_every = f.clip_every;
-    opts.clip_batches = f.clip_batches;
-    opts.clip.widths = f.clip_widths;
-    opts.val_fraction = f.val_fraction;
-    opts.validate();
-    config.block_size = f.block_size;
-    config.model_length = f.length;
-    config.n_blocks = f.layers;
-    config.hidden_dim = f.hidden;
-    config.n_heads = f.heads;
-    config.cond_dim = f.cond;
-    config.vocab_size = tokenizer->model_vocab_size();
-    config.mask_index = tokenizer->mask_id();
-    config.dropout = f.dropout;
-    config.sampling_eps_min = f.eps_min, config.sampling_eps_max = f.eps_max;
-    try {
-      config.validate();
-    } catch (const bd3::Error& e) {
-      fail_usage(e.what());
-    }
+    return plan;
   }
+  if (data.empty()) fail_usage("--data is required");
+  bd3::cli::check_data_files(data);
+  if (f.block_size < 1) fail_usage("--block-size must be >= 1");
+  if (f.length < 2) fail_usage("--length must be >= 2");
+  if (f.length % f.block_size != 0)
+    fail_usage(fmt::format("--block-size {} does not divide --length {}", f.block_size, f.length));
+  if (f.layers < 1 || f.hidden < 2 || f.heads < 1 || f.cond < 1)
+    fail_usage("--layers, --hidden, --heads, --cond must be positive");
+  if (f.hidden % f.heads != 0 || (f.hidden / f.heads) % 2 != 0)
+    fail_usage(fmt::format("--hidden {} must be a multiple of --heads {} with an even head size",
+                           f.hidden, f.heads));
+  (void)bd3::noise_from_name(f.noise);  // usage error when unknown
+  tokenizer = make_tokenizer(f.tokenizer, f.tokenizer_vocab, data, f.threads, progress);
+  opts.noise = f.noise;
+  opts.batch = f.batch;
+  opts.accumulate = f.accumulate * ranks;
+  opts.steps = f.steps;
+  opts.seed = f.seed;
+  opts.adamw.lr = f.lr;
+  opts.adamw.beta1 = f.beta1, opts.adamw.beta2 = f.beta2, opts.adamw.eps = f.adam_eps;
+  opts.adamw.weight_decay = f.weight_decay;
+  opts.warmup = f.warmup >= 0 ? f.warmup : std::min<int64_t>(2500, f.steps / 10);
+  opts.lr_shape = f.cosine ? train::LrShape::cosine : train::LrShape::constant;
+  opts.min_lr = f.min_lr;
+  opts.grad_clip = f.grad_clip;
+  opts.ema = f.ema;
+  opts.dropout = f.dropout;
+  opts.interval = {f.eps_min, f.eps_max};
+  opts.resample = f.resample;
+  opts.clip_search = f.clip_search;
+  opts.clip_every = f.clip_every;
+  opts.clip_batches = f.clip_batches;
+  opts.clip.widths = f.clip_widths;
+  opts.val_fraction = f.val_fraction;
+  opts.validate();
+  config.block_size = f.block_size;
+  config.model_length = f.length;
+  config.n_blocks = f.layers;
+  config.hidden_dim = f.hidden;
+  config.n_heads = f.heads;
+  config.cond_dim = f.cond;
+  config.vocab_size = tokenizer->model_vocab_size();
+  config.mask_index = tokenizer->mask_id();
+  config.dropout = f.dropout;
+  config.sampling_eps_min = f.eps_min, config.sampling_eps_max = f.eps_max;
+  try {
+    config.validate();
+  } catch (const bd3::Error& e) {
+    fail_usage(e.what());
+  }
+  return plan;
+}
+
+int run_train(const TrainFlags& f, CLI::App* cmd) {
+  bd3::cli::set_threads(f.threads);
+  if (f.out.empty()) fail_usage("--out is required");
+  if (f.log_every < 1) fail_usage("--log-every must be >= 1");
+  if (f.checkpoint_every < 0) fail_usage("--checkpoint-every must be >= 0");
+  if (!(f.max_seconds >= 0)) fail_usage("--max-seconds must be >= 0");
+  bd3::cli::check_count("--accumulate", f.accumulate, 1);
+  bd3::cli::check_count("--clip-batches", f.clip_batches, 1);
+  if (f.tokenizer_vocab < 0) fail_usage("--tokenizer-vocab must be >= 257");
+  if (cmd->get_option("--warmup")->count() > 0 && f.warmup < 0) fail_usage("--warmup must be >= 0");
+  const fs::path out = f.out;
+  const bool has_pointer = fs::exists(out / train::kPointerFile);
+  if (!f.resume && has_pointer)
+    fail_usage(out.string() +
+               " already holds a training checkpoint: add --resume, or choose another --out");
+  if (f.resume && !has_pointer)
+    fail_usage("--resume: " + out.string() + " holds no checkpoint (checkpoint.json)");
+  // Under mpirun, rank 0 owns --out (lock, checkpoints, metrics) and speaks; the other
+  // ranks compute and stay silent unless they fail.
+  train::ProcessGroup* group = bd3::cli::launch_group(!f.no_overlap);
+  const int ranks = group ? group->size() : 1;
+  const bool root = !group || group->rank() == 0;
+  std::optional<train::DirectoryLock> lock;
+  if (root) lock.emplace(out);
+  Progress progress("bd3 train", f.steps, f.quiet || !root);
+  RunPlan plan = plan_run(f, cmd, ranks, progress);
+  const auto& opts = plan.opts;
+  const auto& config = plan.config;
+  const auto& tokenizer = plan.tokenizer;
+  const auto& ck = plan.ck;
+  const auto& data = plan.data;
   // Before any model buffer is allocated: a shape or batch that cannot fit is a usage error.
   bd3::cli::check_memory(
       bd3::cli::training_bytes(config, opts.batch) +
@@ -304,7 +341,14 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   co.threads = f.threads;
   co.cache_path = out / "tokens.cache";
   const auto t_data = Clock::now();
-  const text::Corpus corpus = text::Corpus::open(*tokenizer, data, co);
+  const text::Corpus corpus = [&] {
+    // Rank 0 writes the token cache; the other ranks read it after (and never write it).
+    if (!root) group->all_gather({});
+    co.write_cache = root;
+    text::Corpus c = text::Corpus::open(*tokenizer, data, co);
+    if (root && group) group->all_gather({});
+    return c;
+  }();
   if (ck) {
     const auto want = ck->state.extra.value("corpus_fingerprint", std::string());
     if (!want.empty() && want != corpus.fingerprint())
@@ -320,14 +364,14 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   std::unique_ptr<train::Trainer<CliModel>> trainer;
   if (ck) {
     CliModel model(ck->config, bd3::RuntimeNoise(opts.noise));
-    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), *ck, corpus);
+    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), *ck, corpus, group);
     trainer->set_total_steps(opts.steps);
     progress.message(
         fmt::format("bd3 train: resumed {} at step {}", ck->dir.string(), trainer->step()));
   } else {
     CliModel model(config, bd3::RuntimeNoise(opts.noise));
     train::init_model(model, opts.seed);
-    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), opts, corpus);
+    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), opts, corpus, group);
     nlohmann::json extra;
     std::vector<std::string> files;
     for (const auto& d : data) files.push_back(fs::absolute(d).string());
@@ -342,25 +386,29 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   const auto& cfg = trainer->model().config();
   progress.message(fmt::format(
       "bd3 train: model {} parameters (L {}, block {}, {} layers, hidden {}, {} heads, vocab {}), "
-      "batch {} x {}, lr {} ({}, warmup {}), noise {}, interval [{}, {}]",
+      "batch {} x {}{}, lr {} ({}, warmup {}), noise {}, interval [{}, {}]",
       trainer->model().parameters().size(), cfg.model_length, cfg.block_size, cfg.n_blocks,
-      cfg.hidden_dim, cfg.n_heads, cfg.vocab_size, opts.batch, opts.accumulate, opts.adamw.lr,
+      cfg.hidden_dim, cfg.n_heads, cfg.vocab_size, opts.batch, opts.accumulate,
+      ranks > 1 ? fmt::format(" over {} ranks", ranks) : std::string(), opts.adamw.lr,
       opts.lr_schedule().shape_name(), opts.warmup, opts.noise, trainer->interval().eps_min,
       trainer->interval().eps_max));
 
-  // Metrics.
+  // Metrics (rank 0).
   const fs::path metrics_path = out / "metrics.jsonl";
-  if (ck)
+  if (root && ck)
     trim_metrics(metrics_path, trainer->step());
-  else
+  else if (root)
     bd3::io::write_file_atomic(metrics_path, "");
-  std::FILE* metrics = std::fopen(metrics_path.c_str(), "a");
-  if (!metrics) bd3::fail_io("cannot open " + metrics_path.string());
+  std::FILE* metrics = root ? std::fopen(metrics_path.c_str(), "a") : nullptr;
+  if (root && !metrics) bd3::fail_io("cannot open " + metrics_path.string());
   struct Closer {
     std::FILE* f;
-    ~Closer() { std::fclose(f); }
+    ~Closer() {
+      if (f) std::fclose(f);
+    }
   } closer{metrics};
   auto write_metric = [&](const nlohmann::json& j) {
+    if (!metrics) return;
     const std::string line = j.dump() + "\n";
     if (std::fwrite(line.data(), 1, line.size(), metrics) != line.size() ||
         std::fflush(metrics) != 0)
@@ -376,10 +424,7 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   double window_seconds = 0, loss_window = 0;
   int window_steps = 0;
   std::string stop_reason = "steps";
-  auto save = [&]() {
-    const auto dir = trainer->save(out, &*tokenizer);
-    return dir;
-  };
+  auto save = [&]() { return root ? trainer->save(out, &*tokenizer) : fs::path(); };
   while (!trainer->done()) {
     train::StepResult r;
     try {
@@ -416,7 +461,7 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     const double session = std::chrono::duration<double>(Clock::now() - session_start).count();
     const double tps = window_seconds > 0 ? double(window_tokens) / window_seconds : 0.0;
     if (done % f.log_every == 0 || trainer->done()) {
-      write_metric({{"step", done},
+      nlohmann::json line = {{"step", done},
                     {"loss", r.loss},
                     {"loss_avg", loss_window / window_steps},
                     {"lr", r.lr},
@@ -424,7 +469,9 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
                     {"tokens_per_s", tps},
                     {"seconds", trainer->state().elapsed_seconds},
                     {"eps_min", trainer->interval().eps_min},
-                    {"eps_max", trainer->interval().eps_max}});
+                    {"eps_max", trainer->interval().eps_max}};
+      if (group) line["reduce_wait_s"] = r.reduce_wait_seconds;
+      write_metric(line);
     }
     const double per_step = session / double(std::max<int64_t>(1, done - first_step));
     progress.update(done, fmt::format("loss {:.4f} lr {:.2e} {:.0f} tok/s", r.loss, r.lr, tps),
@@ -432,14 +479,13 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     if (done % f.log_every == 0)
       window_tokens = 0, window_seconds = 0, loss_window = 0, window_steps = 0;
     if (f.checkpoint_every > 0 && done % f.checkpoint_every == 0 && !trainer->done()) save();
-    if (f.max_seconds > 0 && session >= f.max_seconds) {
-      stop_reason = "max_seconds";
-      break;
-    }
-    if (g_stop_signal) {
-      stop_reason = g_stop_signal == SIGINT ? "interrupted" : "terminated";
-      break;
-    }
+    if (f.max_seconds > 0 && session >= f.max_seconds) stop_reason = "max_seconds";
+    if (g_stop_signal) stop_reason = g_stop_signal == SIGINT ? "interrupted" : "terminated";
+    // Every rank stops after the same step: the first reason any rank has.
+    if (group)
+      for (const auto& why : group->all_gather(stop_reason == "steps" ? "" : stop_reason))
+        if (!why.empty() && stop_reason == "steps") stop_reason = why;
+    if (stop_reason != "steps") break;
   }
   std::signal(SIGINT, SIG_DFL);
   std::signal(SIGTERM, SIG_DFL);
@@ -455,7 +501,7 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
                             {"tokens", session_tokens},
                             {"tokens_per_s", session > 0 ? double(session_tokens) / session : 0.0},
                             {"seconds", session}};
-  fmt::print("{}\n", summary.dump());
+  if (root) fmt::print("{}\n", summary.dump());
   std::fflush(stdout);
   return 0;
 }
@@ -525,6 +571,9 @@ int run_eval(const EvalFlags& f) {
   co.val_fraction = f.split == "all" ? 0.0 : val_fraction;
   co.threads = f.threads;
   const text::Corpus corpus = text::Corpus::open(tokenizer, data, co);
+  // Under mpirun the ranks share the batches and all get rank 0's result; rank 0 prints.
+  train::ProcessGroup* group = bd3::cli::launch_group();
+  const bool root = !group || group->rank() == 0;
   std::vector<int64_t> sequences;  // global indices
   if (f.split == "all") {
     for (int64_t g = 0; g < corpus.num_sequences(); ++g) sequences.push_back(g);
@@ -545,16 +594,17 @@ int run_eval(const EvalFlags& f) {
   bd3::EvalOptions eval;
   eval.batch = f.batch, eval.samples = f.samples, eval.seed = f.seed, eval.estimator = eo;
   const int64_t batches = (int64_t(sequences.size()) + f.batch - 1) / f.batch;
-  Progress progress("bd3 eval", batches * f.samples, f.quiet);
+  Progress progress("bd3 eval", batches * f.samples, f.quiet || !root);
   const auto start = Clock::now();
   eval.on_batch = [&](int64_t done, int64_t total, double running) {
+    progress.set_total(total);  // this rank's batches
     const double el = std::chrono::duration<double>(Clock::now() - start).count();
     progress.update(done, fmt::format("nelbo {:.4f}", running),
                     el / double(done) * double(total - done));
   };
   bd3::EvalResult r;
   try {
-    r = bd3::evaluate_nelbo(model, corpus, sequences, eval);
+    r = bd3::evaluate_nelbo(model, corpus, sequences, eval, group);
   } catch (const bd3::Error& e) {
     if (e.kind() != bd3::ErrorKind::numerical) throw;
     throw bd3::Error(bd3::ErrorKind::numerical,
@@ -580,7 +630,8 @@ int run_eval(const EvalFlags& f) {
       {"noise", noise},
       {"model", dir.string()},
       {"seconds", std::chrono::duration<double>(Clock::now() - start).count()}};
-  fmt::print("{}\n", j.dump());
+  if (group) j["ranks"] = group->size();
+  if (root) fmt::print("{}\n", j.dump());
   std::fflush(stdout);
   return 0;
 }
@@ -652,6 +703,8 @@ bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
   cmd->add_option("--log-every", f->log_every, "steps between metrics.jsonl lines")
       ->capture_default_str();
   cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
+  cmd->add_flag("--no-overlap", f->no_overlap,
+                "under mpirun: sum the gradients after the backward instead of during it");
   return [f, cmd] { return run_train(*f, cmd); };
 });
 

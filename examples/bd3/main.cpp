@@ -11,17 +11,26 @@
 #include <string>
 
 #include "cli.hpp"
+#include "launch.hpp"
 #include "version.hpp"
 
 namespace {
 
 // Every error is exactly one line on stderr, whatever the message holds (a file name with
 // a newline, a multi-line message from a library).
-void print_error(const char* message) {
+// Under mpirun with other ranks, a rank other than 0 names itself, and the error ends
+// every rank (the others would wait for this one).
+int report_error(const char* message, int code) {
   std::string line = message;
   for (char& c : line)
     if (c == '\n' || c == '\r') c = ' ';
-  std::fprintf(stderr, "bd3: %s\n", line.c_str());
+  if (bd3::cli::launched_with_others() && bd3::cli::launch_rank() > 0 && !line.starts_with("rank "))
+    std::fprintf(stderr, "bd3: rank %d: %s\n", bd3::cli::launch_rank(), line.c_str());
+  else
+    std::fprintf(stderr, "bd3: %s\n", line.c_str());
+  std::fflush(stderr);
+  bd3::cli::abort_launch(code);
+  return code;
 }
 
 // CLI11 reads an empty value ("--batch ''") as 0, and an integer beyond 64 bits as the
@@ -78,8 +87,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    print_error(e.what());
-    return 2;
+    return report_error(e.what(), 2);
   }
   try {
     for (auto& [sub, run] : runners)
@@ -91,13 +99,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bd3: no command given (try --help)\n");
     return 2;
   } catch (const bd3::Error& e) {
-    print_error(e.what());
-    return e.kind() == bd3::ErrorKind::usage ? 2 : 1;
+    return report_error(e.what(), e.kind() == bd3::ErrorKind::usage ? 2 : 1);
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "bd3: out of memory\n");
-    return 1;
+    return report_error("out of memory", 1);
   } catch (const std::exception& e) {
-    print_error(e.what());
-    return 1;
+    return report_error(e.what(), 1);
   }
 }

@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "launch.hpp"
+
 #ifndef BD3_VERSION
 #define BD3_VERSION "unknown"
 #endif
@@ -49,9 +51,9 @@ inline std::string version_text() {
       "compiler: {}\n"
       "simd: {} (xsimd {}.{}.{})\n"
       "openmp: {}\n"
-      "mpi: no",
+      "mpi: {}",
       BD3_VERSION, BD3_GIT_REVISION, compiler_name(), xsimd::default_arch::name(),
-      XSIMD_VERSION_MAJOR, XSIMD_VERSION_MINOR, XSIMD_VERSION_PATCH, openmp_name());
+      XSIMD_VERSION_MAJOR, XSIMD_VERSION_MINOR, XSIMD_VERSION_PATCH, openmp_name(), mpi_text());
 }
 
 }  // namespace bd3::cli

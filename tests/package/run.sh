@@ -11,6 +11,11 @@ cmake --install "$work/build" >/dev/null
 cmake -S "$src/tests/package" -B "$work/consumer" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
 cmake --build "$work/consumer" >/dev/null
 "$work/consumer/consumer"
+# With MPI on this machine, the package exports bd3::mpi and its gradient chain is exact.
+if command -v mpicxx >/dev/null && command -v mpirun >/dev/null; then
+  [ -x "$work/consumer/consumer_mpi" ] || { echo "bd3::mpi missing from the installed package" >&2; exit 1; }
+  mpirun --allow-run-as-root --oversubscribe --bind-to none -np 3 "$work/consumer/consumer_mpi"
+fi
 # The example programs against the installed package, as a user copies them (they link
 # bd3::native there).
 cmake -S "$src/examples" -B "$work/examples" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null

@@ -3,11 +3,14 @@
 // split evaluated `samples` times with independent masks, batch by batch, with the
 // estimator of diffusion/estimator.hpp. Draw s of batch b uses the random stream
 // CounterRng(seed, {rng_stream::eval, s, b}), so a result is a function of (model,
-// sequences, options) alone.
+// sequences, options) alone. With a ProcessGroup (train/data_parallel.hpp), the ranks
+// share the (draw, batch) pairs and every rank returns the single process's result, bit
+// for bit: each pair's sums are computed by one rank and added up in the same order.
 #include <bd3/diffusion/clip_search.hpp>
 #include <bd3/diffusion/estimator.hpp>
 #include <bd3/error.hpp>
 #include <bd3/text/corpus.hpp>
+#include <bd3/train/data_parallel.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -29,7 +32,8 @@ struct EvalOptions {
     o.shuffle_strata = true;
     return o;
   }();
-  // Called after each batch with (batches done, batches in all, running NELBO).
+  // Called after each batch with (batches done, batches in all, running NELBO); with a
+  // process group, for this rank's batches.
   std::function<void(int64_t, int64_t, double)> on_batch;
 };
 
@@ -53,10 +57,12 @@ inline std::vector<int64_t> split_sequences(const text::Corpus& corpus, text::Sp
   return out;
 }
 
-// The NELBO of `model` on the corpus sequences `sequences` (global indices).
+// The NELBO of `model` on the corpus sequences `sequences` (global indices); with `group`,
+// a collective call of every rank, each given the same arguments.
 template <class Model>
 EvalResult evaluate_nelbo(const Model& model, const text::Corpus& corpus,
-                          std::span<const int64_t> sequences, const EvalOptions& o) {
+                          std::span<const int64_t> sequences, const EvalOptions& o,
+                          train::ProcessGroup* group = nullptr) {
   if (o.batch < 1) fail_usage("evaluate_nelbo: batch must be >= 1");
   if (o.samples < 1) fail_usage("evaluate_nelbo: samples must be >= 1");
   const int L = model.config().model_length;
@@ -64,32 +70,43 @@ EvalResult evaluate_nelbo(const Model& model, const text::Corpus& corpus,
   if (sequences.empty()) fail("evaluate_nelbo: no sequence to evaluate");
   const size_t N = sequences.size();
   const int64_t batches = (int64_t(N) + o.batch - 1) / o.batch;
-  double loss_sum = 0;
-  int64_t tokens = 0;
+  const int64_t pairs = batches * o.samples;
+  const int rank = group ? group->rank() : 0, ranks = group ? group->size() : 1;
+  // One buffer the ranks sum: per pair j = s * batches + b, its loss sum and token count,
+  // then seq_nelbo[s * N + i], the per-token NELBO of sequence i in draw s.
+  std::vector<double> sums(size_t(2 * pairs) + N * size_t(o.samples), 0.0);
+  double* pair_loss = sums.data();
+  double* pair_tokens = pair_loss + pairs;
+  double* seq_nelbo = pair_tokens + pairs;
   std::vector<int32_t> x0;
   std::vector<double> per_token;
-  // seq_nelbo[s * N + i]: the per-token NELBO of sequence i in draw s.
-  std::vector<double> seq_nelbo(N * size_t(o.samples), 0.0);
-  for (int s = 0; s < o.samples; ++s)
-    for (int64_t b = 0; b < batches; ++b) {
-      const int64_t lo = b * o.batch, hi = std::min<int64_t>(lo + o.batch, int64_t(N));
-      const int n = int(hi - lo);
-      x0.resize(size_t(n) * L);
-      for (int k = 0; k < n; ++k)
-        corpus.sequence_at(sequences[size_t(lo + k)],
-                           std::span<int32_t>(x0).subspan(size_t(k) * L, L));
-      CounterRng rng(o.seed, {rng_stream::eval, uint64_t(s), uint64_t(b)});
-      const auto terms = estimate_nelbo(model, x0, n, o.estimator, rng, &per_token);
-      for (int k = 0; k < n; ++k) {
-        double sum = 0;
-        for (int q = 1; q < L; ++q) sum += per_token[size_t(k) * L + size_t(q)];
-        seq_nelbo[size_t(s) * N + size_t(lo + k)] = sum / double(L - 1);
-      }
-      loss_sum += terms.loss_sum;
-      tokens += terms.tokens;
-      if (o.on_batch)
-        o.on_batch(int64_t(s) * batches + b + 1, batches * o.samples, loss_sum / double(tokens));
+  double running_loss = 0, running_tokens = 0;
+  const int64_t mine = pairs > rank ? (pairs - rank + ranks - 1) / ranks : 0;  // pairs here
+  for (int64_t j = rank, done = 0; j < pairs; j += ranks) {
+    const int s = int(j / batches);
+    const int64_t b = j % batches;
+    const int64_t lo = b * o.batch, hi = std::min<int64_t>(lo + o.batch, int64_t(N));
+    const int n = int(hi - lo);
+    x0.resize(size_t(n) * L);
+    for (int k = 0; k < n; ++k)
+      corpus.sequence_at(sequences[size_t(lo + k)],
+                         std::span<int32_t>(x0).subspan(size_t(k) * L, L));
+    CounterRng rng(o.seed, {rng_stream::eval, uint64_t(s), uint64_t(b)});
+    const auto terms = estimate_nelbo(model, x0, n, o.estimator, rng, &per_token);
+    for (int k = 0; k < n; ++k) {
+      double sum = 0;
+      for (int q = 1; q < L; ++q) sum += per_token[size_t(k) * L + size_t(q)];
+      seq_nelbo[size_t(s) * N + size_t(lo + k)] = sum / double(L - 1);
     }
+    pair_loss[j] = terms.loss_sum;
+    pair_tokens[j] = double(terms.tokens);
+    running_loss += terms.loss_sum, running_tokens += double(terms.tokens);
+    if (o.on_batch) o.on_batch(++done, mine, running_loss / running_tokens);
+  }
+  if (group) group->sum_disjoint(sums);
+  double loss_sum = 0;
+  int64_t tokens = 0;
+  for (int64_t j = 0; j < pairs; ++j) loss_sum += pair_loss[j], tokens += int64_t(pair_tokens[j]);
   EvalResult r;
   r.nelbo = loss_sum / double(tokens);
   if (!std::isfinite(r.nelbo))
@@ -98,7 +115,7 @@ EvalResult evaluate_nelbo(const Model& model, const text::Corpus& corpus,
                                           "): the model's weights or outputs are not finite");
   r.tokens = tokens / o.samples;
   r.sequences = int64_t(N);
-  r.variance = sample_variance(seq_nelbo);
+  r.variance = sample_variance(std::span<const double>(seq_nelbo, N * size_t(o.samples)));
   if (o.samples >= 2) {
     std::vector<double> draws(size_t(o.samples));
     for (size_t i = 0; i < N; ++i) {

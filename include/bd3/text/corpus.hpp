@@ -64,6 +64,7 @@ struct CorpusOptions {
   uint64_t split_seed = 0;  // for ValSplit::seeded
   DocumentSplit documents = DocumentSplit::blank_lines;
   std::filesystem::path cache_path;  // empty: no cache file
+  bool write_cache = true;           // false: read a matching cache, never write one
   int threads = 0;                   // 0: OpenMP's default
   uint64_t max_file_bytes = uint64_t{4} << 30;
 };
@@ -267,7 +268,7 @@ class Corpus {
       c.status_ = CacheStatus::loaded;
     } else {
       c.build(tokenizer, views);
-      if (!options.cache_path.empty()) {
+      if (!options.cache_path.empty() && options.write_cache) {
         write_token_cache(options.cache_path, c.fingerprint_, static_cast<uint64_t>(c.documents_),
                           c.tokens_);
         c.status_ = read == TokenCacheRead::stale ? CacheStatus::rebuilt_stale : CacheStatus::built;

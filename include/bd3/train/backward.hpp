@@ -21,6 +21,7 @@
 #include <bd3/layers/rotary.hpp>
 #include <bd3/model/model.hpp>
 #include <bd3/policies/attention_backend.hpp>
+#include <bd3/train/data_parallel.hpp>
 
 #include <array>
 #include <chrono>
@@ -48,12 +49,15 @@ struct BackwardScratch {
 // Accumulates (+=) into grads (size layout.total(), the parameters' layout) the gradient
 // given dlogits [batch*L, V] (d loss / d act.logits) for the activations of
 // model.forward_train(xt, x0, batch, act, /*keep_for_backward=*/true[, dropout]).
+// `ready`, when given, hears of each range of grads as soon as this backward is done with
+// it (data_parallel.hpp: a data-parallel run reduces that range while the rest runs).
 template <class Model>
 void backward(const Model& model, std::span<const int32_t> xt, std::span<const int32_t> x0,
               const TrainActivations<typename Model::scalar_type>& act,
               std::span<const typename Model::scalar_type> dlogits,
               std::span<typename Model::scalar_type> grads,
-              BackwardScratch<typename Model::scalar_type>* scratch = nullptr) {
+              BackwardScratch<typename Model::scalar_type>* scratch = nullptr,
+              const GradientReady& ready = {}) {
   using T = typename Model::scalar_type;
   using Attention = typename Model::attention_type;
   static_assert(TrainableAttention<Attention, T>,
@@ -78,6 +82,9 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
   BackwardScratch<T>& s = scratch ? *scratch : local;
   T* g = grads.data();
   auto W = [&](int64_t off) { return model.param(off); };
+  auto done = [&](int64_t first, int64_t end) {
+    if (ready) ready(GradientRange{first, end - first});
+  };
   const bool adaln = cfg.adaln;
   std::vector<double> dcond(adaln ? cfg.cond_dim : 0, 0.0);
   auto clock_mark = std::chrono::steady_clock::now();
@@ -106,6 +113,7 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
       layers::modulation_backward<T>(dmod.data(), 2 * D, W(lay.out_ada_w), cond.cond,
                                      g + lay.out_ada_w, g + lay.out_ada_b, dcond);
     tick(0);
+    done(lay.norm_final, lay.total());
   }
 
   // ---- The DiT blocks, last to first; s.dx is the gradient at the block's output on
@@ -154,6 +162,7 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
       layers::modulation_backward<T>(mg.dmod.data(), 6 * D, W(lay.layers[l].ada_w), cond.cond,
                                      g + lay.layers[l].ada_w, g + lay.layers[l].ada_b, dcond);
     tick(4);
+    done(lay.layers[l].norm1, l + 1 < n_layers ? lay.layers[l + 1].norm1 : lay.norm_final);
   }
 
   // ---- Embedding of [xt, x0].
@@ -170,6 +179,7 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
                                      g + lay.sigma0_w, g + lay.sigma0_b, g + lay.sigma2_w,
                                      g + lay.sigma2_b);
   tick(5);
+  done(0, lay.layers.empty() ? lay.norm_final : lay.layers[0].norm1);
 }
 
 // Everything one training step's gradient needs, reusable across steps.
@@ -183,12 +193,14 @@ struct TrainScratch {
 // forward_train (keeping activations) + subs_nelbo + backward. weight [batch*L]: the loss
 // weight w(t) of each position's block. The loss is the mean over positions 1..L-1 of every
 // sequence (the fixtures' nelbo_mean), so the gradient scale is 1 / (batch (L-1)).
-// Accumulates (+=) its gradient into grads and returns the mean loss.
+// Accumulates (+=) its gradient into grads and returns the mean loss; `ready` as in
+// backward().
 template <class Model>
 double loss_and_gradient(const Model& model, std::span<const int32_t> xt,
                          std::span<const int32_t> x0, int batch, std::span<const double> weight,
                          std::span<typename Model::scalar_type> grads, Dropout dropout = {},
-                         TrainScratch<typename Model::scalar_type>* scratch = nullptr) {
+                         TrainScratch<typename Model::scalar_type>* scratch = nullptr,
+                         const GradientReady& ready = {}) {
   using T = typename Model::scalar_type;
   const auto& cfg = model.config();
   const int L = cfg.model_length, V = cfg.vocab_size;
@@ -200,7 +212,7 @@ double loss_and_gradient(const Model& model, std::span<const int32_t> xt,
   s.dlogits.resize(size_t(batch) * L * V);
   const NelboTerms terms = subs_nelbo<T>(s.act.logits, xt, x0, weight, L, V, cfg.mask_index,
                                          nullptr, s.dlogits.data(), 1.0 / double(tokens));
-  backward(model, xt, x0, s.act, std::span<const T>(s.dlogits), grads, &s.backward);
+  backward(model, xt, x0, s.act, std::span<const T>(s.dlogits), grads, &s.backward, ready);
   return terms.loss_sum / double(terms.tokens);
 }
 

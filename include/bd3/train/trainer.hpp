@@ -10,9 +10,12 @@
 //   2. for each of `accumulate` micro-batches m: the next `batch` training sequences in a
 //      shuffled order (epoch e is the permutation Corpus::epoch_order(seed, e)); a noised
 //      batch from CounterRng(seed, {train_noise, s, m}); dropout seeded by (seed, s, m);
-//      loss_and_gradient accumulates the gradient of the mean loss;
-//   3. the gradient is averaged over the micro-batches, clipped to grad_clip (norm),
-//      AdamW updates the weights at lr(s), the EMA follows.
+//      loss_and_gradient computes g_m, the gradient of its mean loss;
+//   3. the gradient G = ((g_0 + g_1) + ...) + g_{M-1} is averaged over the micro-batches,
+//      clipped to grad_clip (norm), AdamW updates the weights at lr(s), the EMA follows.
+//   With a ProcessGroup of N ranks (data_parallel.hpp), rank r computes micro-batches
+//   r*M/N .. (r+1)*M/N - 1 of step 2 and the ranks form G in the same order, so every rank
+//   ends the step with the single process's bits.
 //   A NaN/Inf loss, gradient norm or updated weight throws ErrorKind::numerical naming the
 //   step (1-based) before the EMA or any checkpoint sees it; the trainer then refuses to
 //   continue, and to save broken weights.
@@ -26,6 +29,7 @@
 #include <bd3/text/corpus.hpp>
 #include <bd3/text/tokenizer.hpp>
 #include <bd3/train/backward.hpp>
+#include <bd3/train/data_parallel.hpp>
 #include <bd3/train/init.hpp>
 #include <bd3/train/optimizer.hpp>
 #include <bd3/train/trainer_state.hpp>
@@ -35,6 +39,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <span>
@@ -51,6 +56,7 @@ struct StepResult {
   double grad_norm = 0;                  // before clipping
   int64_t tokens = 0;                    // tokens processed (batch x accumulate x L)
   double seconds = 0;                    // wall time of the step
+  double reduce_wait_seconds = 0;        // data-parallel: waiting for the gradient sum
   std::optional<ClipSearchResult> clip;  // when a clip search ran before this step
 };
 
@@ -61,9 +67,13 @@ class Trainer {
 
  public:
   // A new run: model already has its config (dropout, sampling interval) and weights
-  // (call init_model first for a fresh run). The corpus must outlive the trainer.
-  Trainer(Model model, const TrainOptions& options, const text::Corpus& corpus)
-      : model_(std::move(model)), options_(options), corpus_(&corpus) {
+  // (call init_model first for a fresh run). The corpus must outlive the trainer, and so
+  // must `group`, when given: this process is then one rank of a data-parallel run
+  // (data_parallel.hpp), options.accumulate counts the micro-batches of all ranks, and
+  // every rank must be given the same options, weights and data (checked here).
+  Trainer(Model model, const TrainOptions& options, const text::Corpus& corpus,
+          ProcessGroup* group = nullptr)
+      : model_(std::move(model)), options_(options), corpus_(&corpus), group_(group) {
     options_.validate();
     const std::string schedule(model_.noise().name());
     if (options_.noise != schedule && options_.noise != TrainOptions{}.noise)
@@ -81,11 +91,14 @@ class Trainer {
     state_.interval = options_.interval;
     state_.options = options_;
     check_estimator_options(estimator_options(), model_.config().model_length, model_.block_size());
+    check_group();
   }
 
-  // Resumes from a checkpoint: weights, moments, EMA, counters, interval.
-  Trainer(Model model, const TrainingCheckpoint& ck, const text::Corpus& corpus)
-      : model_(std::move(model)), options_(ck.state.options), corpus_(&corpus) {
+  // Resumes from a checkpoint: weights, moments, EMA, counters, interval. A checkpoint
+  // resumes on any number of ranks that divides its options.accumulate.
+  Trainer(Model model, const TrainingCheckpoint& ck, const text::Corpus& corpus,
+          ProcessGroup* group = nullptr)
+      : model_(std::move(model)), options_(ck.state.options), corpus_(&corpus), group_(group) {
     options_.validate();
     if (options_.noise != model_.noise().name())
       fail("the checkpoint was trained with the noise schedule '" + options_.noise +
@@ -106,6 +119,7 @@ class Trainer {
     ema_.updates = ck.state.ema_updates;
     state_ = ck.state;
     state_.options = options_;
+    check_group();
   }
 
   const Model& model() const { return model_; }
@@ -153,11 +167,16 @@ class Trainer {
       r.clip = run_clip_search();
     const auto& c = model_.config();
     const int L = c.model_length, B = options_.batch;
-    std::fill(grads_.begin(), grads_.end(), 0.0f);
     const EstimatorOptions eo = estimator_options();
-    double loss = 0;
-    for (int micro = 0; micro < options_.accumulate; ++micro) {
-      next_batch(x0_);
+    // This rank's micro-batches: m = first + a, a < A (all of them in one process).
+    const int ranks = group_ ? group_->size() : 1, A = options_.accumulate / ranks;
+    const int first = (group_ ? group_->rank() : 0) * A;
+    const int64_t position = state_.samples_seen;
+    std::vector<double> losses(static_cast<size_t>(A));
+    micro_grads_.resize(size_t(std::max(A, 2)));
+    for (int a = 0; a < A; ++a) {
+      const int micro = first + a;
+      batch_at(position + int64_t(micro) * B, x0_);
       CounterRng rng(options_.seed,
                      {rng_stream::train_noise, uint64_t(state_.step), uint64_t(micro)});
       draw_noised_batch(x0_, B, L, model_.block_size(), c.mask_index, model_.noise(), eo, rng,
@@ -166,9 +185,29 @@ class Trainer {
       dropout.p = options_.dropout;
       dropout.seed = CounterRng::derive_key(
           options_.seed, {rng_stream::dropout, uint64_t(state_.step), uint64_t(micro)});
-      loss += loss_and_gradient(model_, noised_.xt, x0_, B, noised_.weight,
-                                std::span<float>(grads_), dropout, &scratch_);
+      const bool last = a == A - 1;
+      std::vector<float>& g = micro_buffer(a);
+      g.assign(grads_.size(), 0.0f);
+      GradientReady ready;
+      if (last && group_) {
+        group_->reduce_begin(std::span<float>(grads_), [this, A](std::span<float> dst,
+                                                                 GradientRange range, bool onto) {
+          local_sum(dst, range, A, onto);
+        });
+        ready = [this](GradientRange range) { group_->reduce_ready(range); };
+      }
+      losses[size_t(a)] = loss_and_gradient(model_, noised_.xt, x0_, B, noised_.weight,
+                                            std::span<float>(g), dropout, &scratch_, ready);
+      // Rank 0 (and one process) keeps a running sum in buffer 0: the chain's order.
+      if (!last && a > 0 && first == 0) add_to(micro_buffer(0), g, {0, int64_t(g.size())});
     }
+    state_.samples_seen = position + int64_t(options_.accumulate) * B;
+    if (group_)
+      r.reduce_wait_seconds = group_->reduce_finish();
+    else
+      local_sum(std::span<float>(grads_), {0, int64_t(grads_.size())}, A, false);
+    double loss = 0;
+    for (double l : gather_losses(losses)) loss += l;
     if (options_.accumulate > 1) {
       const float inv = 1.0f / float(options_.accumulate);
       for (auto& g : grads_) g *= inv;
@@ -309,13 +348,116 @@ class Trainer {
     if (corpus_->size(text::Split::train) < 1) fail("the training split is empty");
   }
 
-  // The next `batch` training sequences of the shuffled epochs.
-  void next_batch(std::vector<int32_t>& out) {
+  // Buffer of micro-batch a: rank 0 sums into buffer 0 and computes the others in buffer 1
+  // (it never needs them again); another rank keeps each until the chain reaches it; the
+  // last micro-batch always has a buffer of its own (the chain reads it while it is made).
+  std::vector<float>& micro_buffer(int a) {
+    const int A = options_.accumulate / (group_ ? group_->size() : 1);
+    const bool first_rank = !group_ || group_->rank() == 0;
+    if (a == A - 1) return last_grads_;
+    return micro_grads_[size_t(first_rank ? std::min(a, 1) : a)];
+  }
+
+  static void add_to(std::vector<float>& dst, const std::vector<float>& src, GradientRange r) {
+    for (int64_t i = r.offset; i < r.offset + r.count; ++i) dst[size_t(i)] += src[size_t(i)];
+  }
+
+  // This rank's share of the chained sum (LocalGradients): its A micro-batch gradients, in
+  // order, written into dst or added onto the partial sum dst holds.
+  void local_sum(std::span<float> dst, GradientRange r, int A, bool onto) {
+    const bool first_rank = !group_ || group_->rank() == 0;
+    auto range = [&](const std::vector<float>& v) {
+      return std::span<const float>(v).subspan(size_t(r.offset), size_t(r.count));
+    };
+    auto add = [&](std::span<const float> src) {
+      for (size_t i = 0; i < src.size(); ++i) dst[i] += src[i];
+    };
+    if (!onto) {
+      // Rank 0: buffer 0 holds g_0 + ... + g_{A-2} (or, with A = 1, there is none).
+      const auto start = range(A > 1 ? micro_grads_[0] : last_grads_);
+      std::copy(start.begin(), start.end(), dst.begin());
+      if (A > 1) add(range(last_grads_));
+      return;
+    }
+    if (first_rank) fail("Trainer: rank 0 starts the gradient chain; it adds onto nothing");
+    for (int a = 0; a + 1 < A; ++a) add(range(micro_grads_[size_t(a)]));
+    add(range(last_grads_));
+  }
+
+  // Every micro-batch's mean loss, in micro-batch order (the ranks' in rank order).
+  std::vector<double> gather_losses(const std::vector<double>& mine) {
+    if (!group_) return mine;
+    std::string bytes(mine.size() * sizeof(double), '\0');
+    std::memcpy(bytes.data(), mine.data(), bytes.size());
+    std::vector<double> all;
+    for (const auto& part : group_->all_gather(bytes)) {
+      const size_t at = all.size();
+      all.resize(at + part.size() / sizeof(double));
+      std::memcpy(all.data() + at, part.data(), part.size());
+    }
+    return all;
+  }
+
+  // With a group: options.accumulate must split over the ranks, and every rank must hold
+  // the same run (options, model, data, weights, position); a bad launch fails here, on
+  // every rank, naming what differs.
+  void check_group() const {
+    if (!group_) return;
+    const int n = group_->size();
+    if (n < 1 || group_->rank() < 0 || group_->rank() >= n)
+      fail("Trainer: the process group's rank and size are inconsistent");
+    if (options_.accumulate % n != 0)
+      fail_usage("the run's " + std::to_string(options_.accumulate) +
+                 " micro-batches per step do not split over " + std::to_string(n) +
+                 " ranks: the number of ranks must divide batch count x --accumulate");
+    text::detail::Hasher weights, moments;
+    auto bytes = [](std::span<const float> v) {
+      return std::string_view(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+    };
+    weights.add(bytes(model_.parameters()));
+    moments.add(bytes(adam_.m)).add(bytes(adam_.v)).add(bytes(ema_.shadow));
+    // In the order a mistake is most likely to show: a seed given to one rank only changes
+    // the options, the weights and the moments; the options name it.
+    const nlohmann::json mine = nlohmann::json::array(
+        {nlohmann::json::array({"training options", options_.to_json()}),
+         nlohmann::json::array({"model config", model_.config().to_json()}),
+         nlohmann::json::array({"noise schedule", std::string(model_.noise().name())}),
+         nlohmann::json::array({"data", corpus_->fingerprint()}),
+         nlohmann::json::array({"step", state_.step}),
+         nlohmann::json::array({"data position", state_.samples_seen}),
+         nlohmann::json::array({"interval", {state_.interval.eps_min, state_.interval.eps_max}}),
+         nlohmann::json::array({"weights", weights.hex()}),
+         nlohmann::json::array({"optimizer state", moments.hex()})});
+    const auto all = group_->all_gather(mine.dump());
+    const auto root = nlohmann::json::parse(all[0]);
+    for (int r = 1; r < n; ++r) {
+      const auto other = nlohmann::json::parse(all[size_t(r)]);
+      for (size_t i = 0; i < root.size(); ++i)
+        if (i >= other.size() || other[i] != root[i])
+          fail_usage("rank " + std::to_string(r) + " of " + std::to_string(n) +
+                     " disagrees with rank 0 on the " + root[i][0].get<std::string>() +
+                     difference(root[i][1], i < other.size() ? other[i][1] : nlohmann::json(), r) +
+                     ": every rank must be launched with the same flags, data and checkpoint");
+    }
+  }
+
+  // " (key: b on rank r, a on rank 0)" for the first differing key of two JSON objects.
+  static std::string difference(const nlohmann::json& a, const nlohmann::json& b, int r) {
+    if (!a.is_object() || !b.is_object()) return "";
+    for (const auto& [key, value] : a.items())
+      if (b.value(key, nlohmann::json()) != value)
+        return " (" + key + ": " + b.value(key, nlohmann::json()).dump() + " on rank " +
+               std::to_string(r) + ", " + value.dump() + " on rank 0)";
+    return "";
+  }
+
+  // The `batch` training sequences at positions pos, pos + 1, ... of the shuffled epochs.
+  void batch_at(int64_t position, std::vector<int32_t>& out) {
     const int L = model_.config().model_length, B = options_.batch;
     const int64_t n = corpus_->size(text::Split::train);
     std::vector<int64_t> idx(static_cast<size_t>(B));
     for (int k = 0; k < B; ++k) {
-      const int64_t pos = state_.samples_seen++;
+      const int64_t pos = position + k;
       const int64_t epoch = pos / n;
       if (epoch != order_epoch_) {
         order_ = corpus_->epoch_order(text::Split::train, options_.seed, uint64_t(epoch));
@@ -331,7 +473,10 @@ class Trainer {
   TrainOptions options_;
   const text::Corpus* corpus_;
   TrainerState state_;
-  std::vector<float> grads_;
+  ProcessGroup* group_ = nullptr;
+  std::vector<float> grads_;                     // the step's gradient G
+  std::vector<std::vector<float>> micro_grads_;  // see micro_buffer()
+  std::vector<float> last_grads_;
   AdamWState adam_;
   Ema ema_;
   std::vector<int32_t> x0_;
