@@ -27,7 +27,7 @@ awk -v name="$1" -v P="$2" -v step="$3" -v bwd="$4" -v f="$5" 'BEGIN {
       exposed = (1 - f) * comm
       if (comm - bwd > exposed) exposed = comm - bwd
       eff = step / (step + exposed)
-      line = line sprintf(" %.0f%%%s |", 100 * eff, eff < 0.9 ? " *" : "")
+      line = line sprintf(" %.1f%%%s |", 100 * eff, eff < 0.9 ? " *" : "")
     }
     print line
   }

@@ -197,7 +197,7 @@ TEST_CASE("mpirun bd3 eval gives one process's NELBO, bit for bit", "[cli][mpi]"
   CHECK(jb["ranks"] == 2);
 }
 
-TEST_CASE("a rank killed with SIGKILL ends the run within seconds, naming it; the checkpoint "
+TEST_CASE("a rank killed with SIGKILL ends the run within seconds, naming it, and the checkpoint "
           "resumes",
           "[cli][mpi]") {
   const TempDir dir("mpi_kill");

@@ -212,7 +212,7 @@ TEST_CASE("safetensors: write -> read is bit-exact", "[io][safetensors]") {
   CHECK(bd3::io::serialize_safetensors(copy, model.metadata()) == read_bytes(copy_path));
 }
 
-TEST_CASE("safetensors: atomic write leaves no temp file; failures throw", "[io][safetensors]") {
+TEST_CASE("safetensors: atomic write leaves no temp file, failures throw", "[io][safetensors]") {
   TempDir dir("atomic");
   std::vector<float> v = {1, 2, 3};
   std::vector<TensorToWrite> t = {{"v", {3}, v}};

@@ -20,6 +20,13 @@
 #include <bd3/error.hpp>
 #include <bd3/train/data_parallel.hpp>
 
+// The C API only: Open MPI's and MPICH's deprecated C++ bindings stay out.
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 
 #include <algorithm>
