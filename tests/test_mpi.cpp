@@ -173,7 +173,8 @@ TEST_CASE("a checkpoint moves between 1 and 2 ranks with the same global batch, 
   const auto three = mpirun(3, {"train", "--out", from_one.string(), "--resume", "--steps", "6",
                                 "--threads", "1", "--quiet"});
   CHECK(three.exit_code == 2);
-  CHECK(three.err.find("bd3: --resume: the checkpoint's step holds 2 micro-batches of 2 "
+  // Every rank finds it; the first to end the job prints it ("bd3: " or "bd3: rank r: ").
+  CHECK(three.err.find("--resume: the checkpoint's step holds 2 micro-batches of 2 "
                        "sequences, which do not split over 3 ranks") != std::string::npos);
 }
 
@@ -282,4 +283,19 @@ TEST_CASE("ranks launched with different flags or data fail at once, naming the 
     // One line from the first rank to fail (mpirun's own notice may come first).
     CHECK(("\n" + r.err).find("\nbd3: rank 1 of 2 " + c.message) != std::string::npos);
   }
+}
+
+TEST_CASE("--max-seconds stops every rank after the same step, with a checkpoint", "[cli][mpi]") {
+  // Each rank reads its own clock; without agreeing, one would stop while the other waits
+  // in the next step's gradient sum for ever (the timeout would end the test).
+  const TempDir dir("mpi_stop");
+  const auto data = write_corpus(dir);
+  const auto out = dir / "out";
+  const auto r = mpirun(2, plus(tiny_run(data, out), {"--steps", "100000000", "--max-seconds", "1"}),
+                        {}, 60);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const auto summary = nlohmann::json::parse(r.out);
+  CHECK(summary["stopped"] == "max_seconds");
+  CHECK(bd3::train::load_training_checkpoint(out).state.step == summary["step"].get<int64_t>());
 }

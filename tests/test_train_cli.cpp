@@ -186,3 +186,63 @@ TEST_CASE("bd3 sample's DDPM uses the noise schedule the model was trained with"
   CHECK(r.code == 2);
   CHECK(r.err.find("unknown noise schedule 'cubic'") != std::string::npos);
 }
+
+TEST_CASE("bd3 train --init-from: the parent's weights, a new block size and length, provenance",
+          "[cli][train]") {
+  const auto dir = temp_dir("init_from");
+  const auto data = dir / "data.txt";
+  {
+    std::ofstream f(data);
+    for (int i = 0; i < 400; ++i)
+      f << "And the evening and the morning were day " << i << " of the " << i % 7 << "th week.\n";
+  }
+  const std::string shape = " --layers 2 --hidden 32 --heads 2 --cond 16 --batch 4 --threads 1"
+                            " --quiet --checkpoint-every 0 --data " + data.string();
+  const auto parent = dir / "parent";
+  REQUIRE(run("train --block-size 32 --length 32 --steps 40 --lr 3e-3 --warmup 0 --out " +
+              parent.string() + shape).code == 0);
+  const auto parent_metrics = read_jsonl(parent / "metrics.jsonl");
+  const double parent_loss = parent_metrics.back()["loss_avg"].get<double>();
+
+  // --steps 0: the child's weights are the parent's published ones, bit for bit, and the
+  // child records where they came from; block size and length are the child's.
+  const auto zero = dir / "zero";
+  auto r = run("train --init-from " + parent.string() + " --block-size 4 --length 64 --steps 0 --out " +
+               zero.string() + " --quiet --threads 1 --data " + data.string());
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto p = bd3::load_checkpoint(bd3::train::resolve_checkpoint_dir(parent));
+  const auto c = bd3::train::load_training_checkpoint(zero);
+  CHECK(c.weights == p.parameters);
+  CHECK(c.config.block_size == 4);
+  CHECK(c.config.model_length == 64);
+  CHECK(c.state.adam_step == 0);
+  const auto provenance = c.state.extra.at("init_from");
+  CHECK(provenance.at("step") == 40);
+  CHECK(provenance.at("block_size") == 32);
+  CHECK(fs::equivalent(provenance.at("dir").get<std::string>(),
+                       bd3::train::resolve_checkpoint_dir(parent)));
+
+  // One step: the child's first loss is near the parent's, far below a fresh model's.
+  auto first_loss = [&](const std::string& init, const fs::path& out) {
+    const auto rr = run("train --block-size 32 --length 32 --steps 1 --lr 3e-3 --warmup 0 --out " +
+                        out.string() + init + shape);
+    REQUIRE(rr.code == 0);
+    return read_jsonl(out / "metrics.jsonl").front()["loss"].get<double>();
+  };
+  const double child = first_loss(" --init-from " + parent.string(), dir / "child");
+  const double fresh = first_loss("", dir / "fresh");
+  INFO("parent " << parent_loss << ", child " << child << ", fresh " << fresh);
+  CHECK(std::abs(child - parent_loss) < 0.25 * std::abs(fresh - parent_loss));
+
+  // A shape that differs from the parent's is one line; so is --init-from with --resume.
+  r = run("train --init-from " + parent.string() + " --hidden 64 --steps 1 --out " +
+          (dir / "bad").string() + " --quiet --data " + data.string());
+  CHECK(r.code == 2);
+  CHECK(count_lines(r.err) == 1);
+  CHECK(r.err.find("the parent's hidden is 32 and this model's 64") != std::string::npos);
+  r = run("train --init-from " + parent.string() + " --resume --out " + zero.string() + " --quiet");
+  CHECK(r.code == 2);
+  CHECK(count_lines(r.err) == 1);
+  fs::remove_all(dir);
+}

@@ -149,6 +149,7 @@ struct TrainFlags {
   int64_t log_every = 1;
   bool quiet = false;
   bool no_overlap = false;
+  std::string init_from;
 };
 
 // Options that define a run; on --resume they must not be given with another value.
@@ -165,6 +166,9 @@ struct RunPlan {
   std::optional<text::Tokenizer> tokenizer;
   std::optional<train::TrainingCheckpoint> ck;
   std::vector<fs::path> data;
+  // --init-from: the parent model (its directory and weights).
+  fs::path parent_dir;
+  std::optional<bd3::LoadedCheckpoint> parent;
 };
 
 RunPlan plan_run(const TrainFlags& f, CLI::App* cmd, int ranks, Progress& progress) {
@@ -177,6 +181,8 @@ RunPlan plan_run(const TrainFlags& f, CLI::App* cmd, int ranks, Progress& progre
   auto& ck = plan.ck;
   auto& data = plan.data;
   data.assign(f.data.begin(), f.data.end());
+  if (f.resume && given("--init-from"))
+    fail_usage("--init-from starts a new run from a model's weights; --resume continues --out's");
   if (f.resume) {
     ck = train::load_training_checkpoint(out);
     if (!ck->tokenizer) fail(ck->dir.string() + " has no tokenizer");
@@ -255,7 +261,22 @@ RunPlan plan_run(const TrainFlags& f, CLI::App* cmd, int ranks, Progress& progre
     fail_usage(fmt::format("--hidden {} must be a multiple of --heads {} with an even head size",
                            f.hidden, f.heads));
   (void)bd3::noise_from_name(f.noise);  // usage error when unknown
-  tokenizer = make_tokenizer(f.tokenizer, f.tokenizer_vocab, data, f.threads, progress);
+  // The model's shape: the flags', or with --init-from the parent's (a flag that differs
+  // from it is refused when the weights are copied).
+  int layers = f.layers, hidden = f.hidden, heads = f.heads, cond = f.cond;
+  if (!f.init_from.empty()) {
+    plan.parent_dir = train::resolve_checkpoint_dir(f.init_from);
+    plan.parent = bd3::load_checkpoint(plan.parent_dir);
+    const auto& p = plan.parent->config;
+    if (!given("--layers")) layers = p.n_blocks;
+    if (!given("--hidden")) hidden = p.hidden_dim;
+    if (!given("--heads")) heads = p.n_heads;
+    if (!given("--cond")) cond = p.cond_dim;
+  }
+  if (!f.init_from.empty() && !given("--tokenizer") && !given("--tokenizer-vocab"))
+    tokenizer = text::Tokenizer::load_from(plan.parent_dir);
+  else
+    tokenizer = make_tokenizer(f.tokenizer, f.tokenizer_vocab, data, f.threads, progress);
   opts.noise = f.noise;
   opts.batch = f.batch;
   opts.accumulate = f.accumulate * ranks;
@@ -280,10 +301,10 @@ RunPlan plan_run(const TrainFlags& f, CLI::App* cmd, int ranks, Progress& progre
   opts.validate();
   config.block_size = f.block_size;
   config.model_length = f.length;
-  config.n_blocks = f.layers;
-  config.hidden_dim = f.hidden;
-  config.n_heads = f.heads;
-  config.cond_dim = f.cond;
+  config.n_blocks = layers;
+  config.hidden_dim = hidden;
+  config.n_heads = heads;
+  config.cond_dim = cond;
   config.vocab_size = tokenizer->model_vocab_size();
   config.mask_index = tokenizer->mask_id();
   config.dropout = f.dropout;
@@ -370,14 +391,38 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
         fmt::format("bd3 train: resumed {} at step {}", ck->dir.string(), trainer->step()));
   } else {
     CliModel model(config, bd3::RuntimeNoise(opts.noise));
-    train::init_model(model, opts.seed);
-    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), opts, corpus, group);
     nlohmann::json extra;
+    if (plan.parent) {
+      // Fine-tuning: the parent's weights, fresh optimizer state and schedule.
+      train::init_from_weights(model, plan.parent->config, plan.parent->parameters,
+                               "--init-from " + plan.parent_dir.string());
+      nlohmann::json provenance = {{"dir", fs::absolute(plan.parent_dir).string()},
+                                   {"block_size", plan.parent->config.block_size},
+                                   {"model_length", plan.parent->config.model_length}};
+      if (fs::exists(plan.parent_dir / "trainer_state.json"))
+        provenance["step"] =
+            train::TrainerState::from_json(
+                bd3::read_json_file(plan.parent_dir / "trainer_state.json"),
+                (plan.parent_dir / "trainer_state.json").string())
+                .step;
+      extra["init_from"] = provenance;
+      progress.message(fmt::format("bd3 train: starting from the weights of {}{}",
+                                   plan.parent_dir.string(),
+                                   provenance.contains("step")
+                                       ? fmt::format(" (step {})", provenance["step"].get<int64_t>())
+                                       : std::string()));
+    } else {
+      train::init_model(model, opts.seed);
+    }
+    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), opts, corpus, group);
     std::vector<std::string> files;
     for (const auto& d : data) files.push_back(fs::absolute(d).string());
     extra["data"] = files;
     extra["corpus_fingerprint"] = corpus.fingerprint();
-    extra["tokenizer"] = f.tokenizer;
+    // With --init-from and no --tokenizer, the parent's.
+    extra["tokenizer"] = plan.parent && cmd->get_option("--tokenizer")->count() == 0
+                             ? plan.parent_dir.string()
+                             : f.tokenizer;
     extra["tokenizer_vocab"] = f.tokenizer_vocab;
     extra["tokenizer_kind"] = std::string(tokenizer->kind_name());
     extra["threads"] = f.threads;
@@ -664,6 +709,9 @@ bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
                   "steps between checkpoints (0: only at the end)")
       ->capture_default_str();
   cmd->add_flag("--resume", f->resume, "continue from --out's checkpoint up to --steps");
+  cmd->add_option("--init-from", f->init_from,
+                  "start from this model's weights (a checkpoint or training --out; fine-tuning: "
+                  "block size, length and interval are this run's, optimizer state is fresh)");
   cmd->add_option("--max-seconds", f->max_seconds,
                   "stop (with a checkpoint) after this many seconds");
   cmd->add_option("--noise", f->noise, "loglinear | cosine | square | square_root | log")

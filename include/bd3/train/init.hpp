@@ -14,9 +14,11 @@
 #include <bd3/model/parameters.hpp>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 
 namespace bd3::train {
 
@@ -58,6 +60,32 @@ inline void init_parameters(const ModelConfig& config, std::span<float> params, 
 template <class Model>
 void init_model(Model& model, uint64_t seed) {
   init_parameters(model.config(), model.parameters(), seed);
+  model.parameters_changed();
+}
+
+// Starts `model` from a trained model's weights (fine-tuning; the official
+// training.from_pretrained). No weight depends on the block size, the sequence length or
+// the noise interval, so those are the new run's choice; every tensor's shape and the MASK
+// id must match. `source` names the parent in the error.
+template <class Model>
+void init_from_weights(Model& model, const ModelConfig& parent, std::span<const float> weights,
+                       const std::string& source) {
+  const ModelConfig& c = model.config();
+  const std::pair<const char*, std::pair<int64_t, int64_t>> shape[] = {
+      {"layers", {parent.n_blocks, c.n_blocks}},     {"hidden", {parent.hidden_dim, c.hidden_dim}},
+      {"heads", {parent.n_heads, c.n_heads}},        {"cond", {parent.cond_dim, c.cond_dim}},
+      {"vocabulary", {parent.vocab_size, c.vocab_size}},
+      {"MASK id", {parent.mask_index, c.mask_index}}, {"adaLN", {parent.adaln, c.adaln}}};
+  for (const auto& [what, v] : shape)
+    if (v.first != v.second)
+      fail_usage(source + ": the parent's " + what + " is " + std::to_string(v.first) +
+                 " and this model's " + std::to_string(v.second) +
+                 " (the weights have the parent's shape)");
+  const ParameterLayout a(parent), b(c);
+  if (a.total() != b.total() || weights.size() != size_t(a.total()) ||
+      model.parameters().size() != size_t(b.total()))
+    fail(source + ": the parent's weights do not match its config");
+  std::copy(weights.begin(), weights.end(), model.parameters().begin());
   model.parameters_changed();
 }
 
