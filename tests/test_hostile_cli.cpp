@@ -711,6 +711,8 @@ TEST_CASE("bad flags and values of every command: exit 2, one line, nothing allo
     int_flag(b, "--accumulate", {"0", "-1", "1000000000"});
     int_flag(b, "--warmup", {"-1"});
     int_flag(b, "--log-every", {"0", "-5"});
+    int_flag(b, "--eval-every", {"-1"});
+    int_flag(b, "--eval-sequences", {"-1"});
     int_flag(b, "--tokenizer-vocab", {"-5", "10", "1000000000"});
     float_flag(b, "--lr", {"-1", "inf"});
     float_flag(b, "--max-seconds", {"-1"});

@@ -246,3 +246,33 @@ TEST_CASE("bd3 train --init-from: the parent's weights, a new block size and len
   CHECK(count_lines(r.err) == 1);
   fs::remove_all(dir);
 }
+
+TEST_CASE("bd3 train --eval-every: validation NELBOs in metrics.jsonl, equal to bd3 eval's",
+          "[cli][train]") {
+  const auto dir = temp_dir("eval_every");
+  const auto data = dir / "data.txt";
+  {
+    std::ofstream f(data);
+    for (int i = 0; i < 400; ++i) f << "In the beginning " << i << " was the word " << i * 3 << ".\n";
+  }
+  const auto out = dir / "out";
+  const auto r = run("train --data " + data.string() + " --out " + out.string() +
+                     " --block-size 4 --length 32 --layers 1 --hidden 16 --heads 2 --cond 8"
+                     " --batch 8 --steps 4 --eval-every 2 --eval-sequences 12 --threads 1 --quiet");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  std::vector<nlohmann::json> evals;
+  for (const auto& j : read_jsonl(out / "metrics.jsonl"))
+    if (j.value("event", "") == "eval") evals.push_back(j);
+  REQUIRE(evals.size() == 2);
+  CHECK(evals[0]["step"] == 2);
+  CHECK(evals[1]["step"] == 4);
+  CHECK(evals[1]["val_sequences"] == 12);
+  CHECK(evals[0]["val_nelbo"] != evals[1]["val_nelbo"]);
+  // The same split, weights (the published EMA), masks and batches as bd3 eval.
+  const auto e = run("eval -m " + out.string() + " --data " + data.string() +
+                     " --max-sequences 12 --batch 8 --threads 1 --quiet");
+  REQUIRE(e.code == 0);
+  CHECK(nlohmann::json::parse(e.out)["nelbo"].dump() == evals[1]["val_nelbo"].dump());
+  fs::remove_all(dir);
+}

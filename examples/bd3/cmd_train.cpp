@@ -99,8 +99,8 @@ text::Tokenizer make_tokenizer(const std::string& spec, int64_t bpe_vocab,
 }
 
 // Keeps the lines of metrics.jsonl written before the checkpoint of `step` (after a
-// resume): step lines up to `step`, clip-search events (logged at the start of step
-// `step`) before it.
+// resume): step and validation lines up to `step`, clip-search events (logged at the start
+// of step `step`) before it.
 void trim_metrics(const fs::path& path, int64_t step) {
   std::ifstream in(path);
   if (!in) return;
@@ -110,7 +110,7 @@ void trim_metrics(const fs::path& path, int64_t step) {
     if (j.is_discarded() || !j.is_object() || !j.contains("step")) continue;  // a torn last line
     if (!j["step"].is_number_integer()) continue;
     const int64_t s = j["step"].get<int64_t>();
-    if (j.contains("event") ? s < step : s <= step) kept += line + "\n";
+    if (j.value("event", "") == "clip_search" ? s < step : s <= step) kept += line + "\n";
   }
   bd3::io::write_file_atomic(path, kept);
 }
@@ -150,6 +150,7 @@ struct TrainFlags {
   bool quiet = false;
   bool no_overlap = false;
   std::string init_from;
+  int64_t eval_every = 0, eval_sequences = 256;
 };
 
 // Options that define a run; on --resume they must not be given with another value.
@@ -321,6 +322,8 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   bd3::cli::set_threads(f.threads);
   if (f.out.empty()) fail_usage("--out is required");
   if (f.log_every < 1) fail_usage("--log-every must be >= 1");
+  if (f.eval_every < 0) fail_usage("--eval-every must be >= 0");
+  if (f.eval_sequences < 0) fail_usage("--eval-sequences must be >= 0");
   if (f.checkpoint_every < 0) fail_usage("--checkpoint-every must be >= 0");
   if (!(f.max_seconds >= 0)) fail_usage("--max-seconds must be >= 0");
   bd3::cli::check_count("--accumulate", f.accumulate, 1);
@@ -523,6 +526,17 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
                     per_step * double(trainer->options().steps - done));
     if (done % f.log_every == 0)
       window_tokens = 0, window_seconds = 0, loss_window = 0, window_steps = 0;
+    if (f.eval_every > 0 && done % f.eval_every == 0) {
+      const auto v = trainer->validate(f.eval_sequences);
+      write_metric({{"step", done},
+                    {"event", "eval"},
+                    {"val_nelbo", v.nelbo},
+                    {"val_ppl", v.ppl()},
+                    {"val_standard_error", v.standard_error},
+                    {"val_sequences", v.sequences}});
+      progress.message(fmt::format("bd3 train: step {}: validation NELBO {:.4f} (ppl {:.1f}, {} sequences)",
+                                   done, v.nelbo, v.ppl(), v.sequences));
+    }
     if (f.checkpoint_every > 0 && done % f.checkpoint_every == 0 && !trainer->done()) save();
     if (f.max_seconds > 0 && session >= f.max_seconds) stop_reason = "max_seconds";
     if (g_stop_signal) stop_reason = g_stop_signal == SIGINT ? "interrupted" : "terminated";
@@ -751,6 +765,12 @@ bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
   cmd->add_option("--log-every", f->log_every, "steps between metrics.jsonl lines")
       ->capture_default_str();
   cmd->add_flag("--quiet", f->quiet, "no progress on stderr");
+  cmd->add_option("--eval-every", f->eval_every,
+                  "steps between validation NELBOs (metrics.jsonl, stderr; 0: none)")
+      ->capture_default_str();
+  cmd->add_option("--eval-sequences", f->eval_sequences,
+                  "held-out sequences per validation (0: all)")
+      ->capture_default_str();
   cmd->add_flag("--no-overlap", f->no_overlap,
                 "under mpirun: sum the gradients after the backward instead of during it");
   return [f, cmd] { return run_train(*f, cmd); };

@@ -24,6 +24,7 @@
 // would have done (given the same thread count).
 #include <bd3/diffusion/clip_search.hpp>
 #include <bd3/diffusion/estimator.hpp>
+#include <bd3/diffusion/evaluate.hpp>
 #include <bd3/error.hpp>
 #include <bd3/model/model.hpp>
 #include <bd3/text/corpus.hpp>
@@ -260,25 +261,30 @@ class Trainer {
       corpus_->batch(split, idx, batches.back());
       sizes.push_back(B);
     }
-    // With EMA, the search runs on the EMA weights (the reference validates with them).
-    std::vector<float> saved;
-    if (ema_.enabled()) {
-      saved.assign(model_.parameters().begin(), model_.parameters().end());
-      std::copy(ema_.shadow.begin(), ema_.shadow.end(), model_.parameters().begin());
-      model_.parameters_changed();
-    }
-    ClipSearchResult r;
-    try {
-      r = clip_search(model_, std::span<const std::vector<int32_t>>(batches),
-                      std::span<const int>(sizes), options_.clip, options_.seed,
-                      uint64_t(state_.step));
-    } catch (...) {
-      if (!saved.empty()) restore(saved);
-      throw;
-    }
-    if (!saved.empty()) restore(saved);
+    const ClipSearchResult r = with_published_weights([&] {
+      return clip_search(model_, std::span<const std::vector<int32_t>>(batches),
+                         std::span<const int>(sizes), options_.clip, options_.seed,
+                         uint64_t(state_.step));
+    });
     state_.interval = r.best_interval();
     return r;
+  }
+
+  // The validation NELBO (evaluate_nelbo over [1e-3, 1], the same masks every time) of the
+  // published weights on the first `max_sequences` held-out sequences (0: all of them); a
+  // collective call with a process group.
+  EvalResult validate(int64_t max_sequences = 0) {
+    auto sequences = split_sequences(*corpus_, text::Split::validation);
+    if (sequences.empty())
+      fail_usage("validation needs held-out sequences (--val-fraction > 0 and enough data)");
+    if (max_sequences > 0 && int64_t(sequences.size()) > max_sequences)
+      sequences.resize(size_t(max_sequences));
+    EvalOptions eo;
+    eo.batch = options_.batch;
+    eo.seed = options_.seed;
+    return with_published_weights([&] {
+      return evaluate_nelbo(model_, *corpus_, std::span<const int64_t>(sequences), eo, group_);
+    });
   }
 
   // Writes a checkpoint of the current state into out_dir (crash-safe, see
@@ -325,9 +331,23 @@ class Trainer {
     throw Error(ErrorKind::numerical, "training diverged at " + failure_);
   }
 
-  void restore(const std::vector<float>& saved) {
-    std::copy(saved.begin(), saved.end(), model_.parameters().begin());
+  // Runs fn on the weights a checkpoint publishes: with EMA the model holds the EMA weights
+  // meanwhile (the reference validates with them), and its own afterwards, also on a throw.
+  template <class Fn>
+  auto with_published_weights(Fn&& fn) {
+    if (!ema_.enabled()) return fn();
+    std::vector<float> saved(model_.parameters().begin(), model_.parameters().end());
+    std::copy(ema_.shadow.begin(), ema_.shadow.end(), model_.parameters().begin());
     model_.parameters_changed();
+    struct Restore {
+      Trainer* t;
+      std::vector<float>& saved;
+      ~Restore() {
+        std::copy(saved.begin(), saved.end(), t->model_.parameters().begin());
+        t->model_.parameters_changed();
+      }
+    } restore{this, saved};
+    return fn();
   }
 
   // The model's config as a checkpoint records it: the run's sampling interval and
