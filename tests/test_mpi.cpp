@@ -285,7 +285,7 @@ TEST_CASE("ranks launched with different flags or data fail at once, naming the 
   }
 }
 
-TEST_CASE("--max-seconds stops every rank after the same step, with a checkpoint", "[cli][mpi]") {
+TEST_CASE("with --max-seconds every rank stops after the same step, with a checkpoint", "[cli][mpi]") {
   // Each rank reads its own clock; without agreeing, one would stop while the other waits
   // in the next step's gradient sum for ever (the timeout would end the test).
   const TempDir dir("mpi_stop");
