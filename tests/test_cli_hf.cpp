@@ -78,8 +78,7 @@ TEST_CASE("Hugging Face's client reads bd3's tokenizers and checkpoints", "[cli]
   const TempDir root("hf");
   std::vector<std::string> texts;
   const auto fixture_cases = read_json(kFixtures / "gpt2" / "cases.json");
-  for (const auto& c : fixture_cases["cases"])
-    texts.push_back(c["text"].get<std::string>());
+  for (const auto& c : fixture_cases["cases"]) texts.push_back(c["text"].get<std::string>());
   const std::string sample = corpus_sample();
   texts.push_back(sample);
   texts.push_back("<|endoftext|>two documents<|endoftext|>");

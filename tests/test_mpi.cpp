@@ -31,8 +31,8 @@ namespace {
 // is not empty.
 CliRun mpirun(int ranks, const std::vector<std::string>& args,
               const std::vector<std::vector<std::string>>& per_rank = {}, double timeout = 300) {
-  std::vector<std::string> argv{BD3_MPIEXEC, "--allow-run-as-root", "--oversubscribe",
-                                "--bind-to", "none"};
+  std::vector<std::string> argv{BD3_MPIEXEC, "--allow-run-as-root", "--oversubscribe", "--bind-to",
+                                "none"};
   if (per_rank.empty()) {
     argv.insert(argv.end(), {"-np", std::to_string(ranks), BD3_CLI_PATH});
     argv.insert(argv.end(), args.begin(), args.end());
@@ -68,10 +68,12 @@ fs::path write_corpus(const TempDir& dir) {
 }
 
 std::vector<std::string> tiny_run(const fs::path& data, const fs::path& out) {
-  return {"train",   "--data",  data.string(), "--out",     out.string(), "--length", "32",
-          "--block-size", "4", "--layers", "2",   "--hidden",  "32",  "--heads", "2",
-          "--cond",  "16",      "--batch", "2",   "--threads", "1",   "--quiet",
-          "--dropout", "0.1",   "--checkpoint-every", "0"};
+  return {"train",    "--data",   data.string(),  "--out",   out.string(),
+          "--length", "32",       "--block-size", "4",       "--layers",
+          "2",        "--hidden", "32",           "--heads", "2",
+          "--cond",   "16",       "--batch",      "2",       "--threads",
+          "1",        "--quiet",  "--dropout",    "0.1",     "--checkpoint-every",
+          "0"};
 }
 
 std::vector<std::string> plus(std::vector<std::string> a, const std::vector<std::string>& b) {
@@ -110,20 +112,21 @@ void require_same_checkpoint(const fs::path& a, const fs::path& b) {
 
 }  // namespace
 
-TEST_CASE("2 ranks end with the weights and optimizer state of one process accumulating their "
-          "micro-batches",
-          "[cli][mpi]") {
+TEST_CASE(
+    "2 ranks end with the weights and optimizer state of one process accumulating their "
+    "micro-batches",
+    "[cli][mpi]") {
   const TempDir dir("mpi_identity");
   const auto data = write_corpus(dir);
   for (int per_rank : {1, 2}) {
     INFO("--accumulate " << per_rank << " per rank");
     const auto one = dir / ("one" + std::to_string(per_rank));
     const auto two = dir / ("two" + std::to_string(per_rank));
-    const auto a = alone(plus(tiny_run(data, one),
-                              {"--steps", "3", "--accumulate", std::to_string(2 * per_rank)}));
+    const auto a = alone(
+        plus(tiny_run(data, one), {"--steps", "3", "--accumulate", std::to_string(2 * per_rank)}));
     REQUIRE(a.exit_code == 0);
-    const auto b = mpirun(2, plus(tiny_run(data, two),
-                                  {"--steps", "3", "--accumulate", std::to_string(per_rank)}));
+    const auto b = mpirun(
+        2, plus(tiny_run(data, two), {"--steps", "3", "--accumulate", std::to_string(per_rank)}));
     INFO(b.err);
     REQUIRE(b.exit_code == 0);
     require_same_checkpoint(one, two);
@@ -183,9 +186,9 @@ TEST_CASE("mpirun bd3 eval gives one process's NELBO, bit for bit", "[cli][mpi]"
   const auto data = write_corpus(dir);
   const auto model = dir / "model";
   REQUIRE(alone(plus(tiny_run(data, model), {"--steps", "2"})).exit_code == 0);
-  const std::vector<std::string> eval = {"eval",    "--model",   model.string(), "--data",
-                                         data.string(), "--batch", "3",  "--samples",
-                                         "2",       "--threads", "1",  "--quiet"};
+  const std::vector<std::string> eval = {
+      "eval",      "--model", model.string(), "--data", data.string(), "--batch", "3",
+      "--samples", "2",       "--threads",    "1",      "--quiet"};
   const auto a = alone(eval);
   const auto b = mpirun(2, eval);
   INFO(b.err);
@@ -198,14 +201,16 @@ TEST_CASE("mpirun bd3 eval gives one process's NELBO, bit for bit", "[cli][mpi]"
   CHECK(jb["ranks"] == 2);
 }
 
-TEST_CASE("a rank killed with SIGKILL ends the run within seconds, naming it, and the checkpoint "
-          "resumes",
-          "[cli][mpi]") {
+TEST_CASE(
+    "a rank killed with SIGKILL ends the run within seconds, naming it, and the checkpoint "
+    "resumes",
+    "[cli][mpi]") {
   const TempDir dir("mpi_kill");
   const auto data = write_corpus(dir);
   const auto out = dir / "out";
-  std::vector<std::string> argv{BD3_MPIEXEC, "--allow-run-as-root", "--oversubscribe",
-                                "--bind-to", "none", "-np", "2", BD3_CLI_PATH};
+  std::vector<std::string> argv{
+      BD3_MPIEXEC, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np",
+      "2",         BD3_CLI_PATH};
   for (const auto& a : plus(tiny_run(data, out), {"--steps", "100000000"})) argv.push_back(a);
   *(std::find(argv.begin(), argv.end(), "--checkpoint-every") + 1) = "5";
   CliOptions o;
@@ -231,7 +236,8 @@ TEST_CASE("a rank killed with SIGKILL ends the run within seconds, naming it, an
   const auto killed = std::chrono::steady_clock::now();
   REQUIRE(::kill(victim, SIGKILL) == 0);
   const auto r = run.wait();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
   INFO(r.err);
   CHECK_FALSE(r.timed_out);
   CHECK(seconds < 30);
@@ -241,9 +247,8 @@ TEST_CASE("a rank killed with SIGKILL ends the run within seconds, naming it, an
   // The last complete checkpoint loads, and the run resumes from it on 2 ranks.
   const auto ck = bd3::train::load_training_checkpoint(out);
   CHECK(ck.state.step % 5 == 0);
-  const auto resumed =
-      mpirun(2, {"train", "--out", out.string(), "--resume", "--steps",
-                 std::to_string(ck.state.step + 2), "--threads", "1", "--quiet"});
+  const auto resumed = mpirun(2, {"train", "--out", out.string(), "--resume", "--steps",
+                                  std::to_string(ck.state.step + 2), "--threads", "1", "--quiet"});
   INFO(resumed.err);
   CHECK(resumed.exit_code == 0);
   CHECK(bd3::train::load_training_checkpoint(out).state.step == ck.state.step + 2);
@@ -285,14 +290,15 @@ TEST_CASE("ranks launched with different flags or data fail at once, naming the 
   }
 }
 
-TEST_CASE("with --max-seconds every rank stops after the same step, with a checkpoint", "[cli][mpi]") {
+TEST_CASE("with --max-seconds every rank stops after the same step, with a checkpoint",
+          "[cli][mpi]") {
   // Each rank reads its own clock; without agreeing, one would stop while the other waits
   // in the next step's gradient sum for ever (the timeout would end the test).
   const TempDir dir("mpi_stop");
   const auto data = write_corpus(dir);
   const auto out = dir / "out";
-  const auto r = mpirun(2, plus(tiny_run(data, out), {"--steps", "100000000", "--max-seconds", "1"}),
-                        {}, 60);
+  const auto r =
+      mpirun(2, plus(tiny_run(data, out), {"--steps", "100000000", "--max-seconds", "1"}), {}, 60);
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   const auto summary = nlohmann::json::parse(r.out);

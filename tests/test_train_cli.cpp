@@ -57,7 +57,9 @@ std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
   return out;
 }
 
-int count_lines(const std::string& s) { return int(std::count(s.begin(), s.end(), '\n')); }
+int count_lines(const std::string& s) {
+  return int(std::count(s.begin(), s.end(), '\n'));
+}
 
 }  // namespace
 
@@ -70,21 +72,28 @@ TEST_CASE("bd3 train: bad flags and bad data", "[cli][train]") {
   }
   const auto empty = dir / "empty.txt";
   std::ofstream(empty).close();
-  const std::string base = " --tokenizer bytes --layers 1 --hidden 16 --heads 2 --batch 2 --steps 2 --quiet";
-  auto r = run("train --data " + data.string() + " --out " + (dir / "o1").string() + " --block-size 3 --length 32" + base);
+  const std::string base =
+      " --tokenizer bytes --layers 1 --hidden 16 --heads 2 --batch 2 --steps 2 --quiet";
+  auto r = run("train --data " + data.string() + " --out " + (dir / "o1").string() +
+               " --block-size 3 --length 32" + base);
   CHECK(r.code == 2);
   CHECK(count_lines(r.err) == 1);
   CHECK(r.err.find("does not divide") != std::string::npos);
-  r = run("train --data " + data.string() + " --out " + (dir / "o2").string() + " --no-such-flag" + base);
+  r = run("train --data " + data.string() + " --out " + (dir / "o2").string() + " --no-such-flag" +
+          base);
   CHECK(r.code == 2);
-  r = run("train --data " + empty.string() + " --out " + (dir / "o3").string() + " --block-size 4 --length 32" + base);
+  r = run("train --data " + empty.string() + " --out " + (dir / "o3").string() +
+          " --block-size 4 --length 32" + base);
   CHECK(r.code == 1);
   CHECK(count_lines(r.err) == 1);
-  r = run("train --data " + (dir / "missing.txt").string() + " --out " + (dir / "o4").string() + base);
+  r = run("train --data " + (dir / "missing.txt").string() + " --out " + (dir / "o4").string() +
+          base);
   CHECK(r.code == 1);
-  r = run("train --data " + data.string() + " --out " + (dir / "o5").string() + " --noise nope" + base);
+  r = run("train --data " + data.string() + " --out " + (dir / "o5").string() + " --noise nope" +
+          base);
   CHECK(r.code == 2);
-  r = run("train --data " + data.string() + " --out " + (dir / "o6").string() + " --hidden 15" + base);
+  r = run("train --data " + data.string() + " --out " + (dir / "o6").string() + " --hidden 15" +
+          base);
   CHECK(r.code == 2);
   r = run("train --data " + data.string() + " --out " + (dir / "o7").string() + " --tokenizer bpe" +
           " --layers 1 --hidden 16 --heads 2 --batch 2 --steps 2 --quiet");
@@ -101,12 +110,14 @@ TEST_CASE("bd3 train, --resume, bd3 eval", "[cli][train]") {
   const auto data = dir / "data.txt";
   {
     std::ofstream f(data);
-    for (int i = 0; i < 40; ++i) f << "in the beginning was the word, and the word was with the text.\n";
+    for (int i = 0; i < 40; ++i)
+      f << "in the beginning was the word, and the word was with the text.\n";
   }
   const auto out = dir / "out";
-  const std::string common = " --data " + data.string() + " --out " + out.string() +
-                             " --tokenizer bytes --block-size 4 --length 32 --layers 1 --hidden 32 --heads 2"
-                             " --batch 4 --lr 3e-3 --seed 3 --threads 1 --checkpoint-every 2";
+  const std::string common =
+      " --data " + data.string() + " --out " + out.string() +
+      " --tokenizer bytes --block-size 4 --length 32 --layers 1 --hidden 32 --heads 2"
+      " --batch 4 --lr 3e-3 --seed 3 --threads 1 --checkpoint-every 2";
   auto r = run("train" + common + " --steps 4");
   REQUIRE(r.code == 0);
   auto summary = nlohmann::json::parse(r.out);
@@ -114,7 +125,8 @@ TEST_CASE("bd3 train, --resume, bd3 eval", "[cli][train]") {
   CHECK(r.err.find("bd3 train") != std::string::npos);  // progress on stderr
   auto metrics = read_jsonl(out / "metrics.jsonl");
   REQUIRE(metrics.size() == 4);
-  for (const char* k : {"step", "loss", "lr", "grad_norm", "tokens_per_s", "seconds"}) CHECK(metrics.back().contains(k));
+  for (const char* k : {"step", "loss", "lr", "grad_norm", "tokens_per_s", "seconds"})
+    CHECK(metrics.back().contains(k));
   CHECK(metrics.back()["step"] == 4);
   auto ck = bd3::train::load_training_checkpoint(out);
   CHECK(ck.state.step == 4);
@@ -133,16 +145,19 @@ TEST_CASE("bd3 train, --resume, bd3 eval", "[cli][train]") {
 
   // The same 6 steps in one go give the same weights.
   const auto out2 = dir / "out2";
-  const std::string common2 = " --data " + data.string() + " --out " + out2.string() +
-                              " --tokenizer bytes --block-size 4 --length 32 --layers 1 --hidden 32 --heads 2"
-                              " --batch 4 --lr 3e-3 --seed 3 --threads 1 --checkpoint-every 2";
+  const std::string common2 =
+      " --data " + data.string() + " --out " + out2.string() +
+      " --tokenizer bytes --block-size 4 --length 32 --layers 1 --hidden 32 --heads 2"
+      " --batch 4 --lr 3e-3 --seed 3 --threads 1 --checkpoint-every 2";
   r = run("train" + common2 + " --steps 6 --quiet");
   REQUIRE(r.code == 0);
-  auto a = bd3::train::load_training_checkpoint(out), b = bd3::train::load_training_checkpoint(out2);
+  auto a = bd3::train::load_training_checkpoint(out),
+       b = bd3::train::load_training_checkpoint(out2);
   CHECK(a.weights == b.weights);
   CHECK(a.model == b.model);
 
-  r = run("eval --model " + out.string() + " --data " + data.string() + " --samples 2 --batch 4 --split all --threads 1");
+  r = run("eval --model " + out.string() + " --data " + data.string() +
+          " --samples 2 --batch 4 --split all --threads 1");
   REQUIRE(r.code == 0);
   auto j = nlohmann::json::parse(r.out);
   CHECK(j["nelbo"].get<double>() > 0);
@@ -164,7 +179,8 @@ TEST_CASE("bd3 sample's DDPM uses the noise schedule the model was trained with"
   const auto data = dir / "data.txt";
   {
     std::ofstream f(data);
-    for (int i = 0; i < 40; ++i) f << "in the beginning was the word, and the word was with the text.\n";
+    for (int i = 0; i < 40; ++i)
+      f << "in the beginning was the word, and the word was with the text.\n";
   }
   const auto out = dir / "out";
   auto r = run("train --data " + data.string() + " --out " + out.string() +
@@ -172,7 +188,8 @@ TEST_CASE("bd3 sample's DDPM uses the noise schedule the model was trained with"
                " --batch 4 --steps 3 --seed 3 --threads 1 --noise square --quiet");
   REQUIRE(r.code == 0);
   CHECK(bd3::train::load_training_checkpoint(out).state.options.noise == "square");
-  const std::string sample = "sample --model " + out.string() + " --steps 8 --length 64 --seed 5 --threads 1 --json";
+  const std::string sample =
+      "sample --model " + out.string() + " --steps 8 --length 64 --seed 5 --threads 1 --json";
   const auto recorded = run(sample), square = run(sample + " --noise square"),
              loglinear = run(sample + " --noise loglinear");
   REQUIRE(recorded.code == 0);
@@ -196,19 +213,23 @@ TEST_CASE("bd3 train --init-from: the parent's weights, a new block size and len
     for (int i = 0; i < 400; ++i)
       f << "And the evening and the morning were day " << i << " of the " << i % 7 << "th week.\n";
   }
-  const std::string shape = " --layers 2 --hidden 32 --heads 2 --cond 16 --batch 4 --threads 1"
-                            " --quiet --checkpoint-every 0 --data " + data.string();
+  const std::string shape =
+      " --layers 2 --hidden 32 --heads 2 --cond 16 --batch 4 --threads 1"
+      " --quiet --checkpoint-every 0 --data " +
+      data.string();
   const auto parent = dir / "parent";
   REQUIRE(run("train --block-size 32 --length 32 --steps 40 --lr 3e-3 --warmup 0 --out " +
-              parent.string() + shape).code == 0);
+              parent.string() + shape)
+              .code == 0);
   const auto parent_metrics = read_jsonl(parent / "metrics.jsonl");
   const double parent_loss = parent_metrics.back()["loss_avg"].get<double>();
 
   // --steps 0: the child's weights are the parent's published ones, bit for bit, and the
   // child records where they came from; block size and length are the child's.
   const auto zero = dir / "zero";
-  auto r = run("train --init-from " + parent.string() + " --block-size 4 --length 64 --steps 0 --out " +
-               zero.string() + " --quiet --threads 1 --data " + data.string());
+  auto r =
+      run("train --init-from " + parent.string() + " --block-size 4 --length 64 --steps 0 --out " +
+          zero.string() + " --quiet --threads 1 --data " + data.string());
   INFO(r.err);
   REQUIRE(r.code == 0);
   const auto p = bd3::load_checkpoint(bd3::train::resolve_checkpoint_dir(parent));
@@ -253,7 +274,8 @@ TEST_CASE("bd3 train --eval-every: validation NELBOs in metrics.jsonl, equal to 
   const auto data = dir / "data.txt";
   {
     std::ofstream f(data);
-    for (int i = 0; i < 400; ++i) f << "In the beginning " << i << " was the word " << i * 3 << ".\n";
+    for (int i = 0; i < 400; ++i)
+      f << "In the beginning " << i << " was the word " << i * 3 << ".\n";
   }
   const auto out = dir / "out";
   const auto r = run("train --data " + data.string() + " --out " + out.string() +

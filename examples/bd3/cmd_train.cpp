@@ -403,17 +403,15 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
                                    {"block_size", plan.parent->config.block_size},
                                    {"model_length", plan.parent->config.model_length}};
       if (fs::exists(plan.parent_dir / "trainer_state.json"))
-        provenance["step"] =
-            train::TrainerState::from_json(
-                bd3::read_json_file(plan.parent_dir / "trainer_state.json"),
-                (plan.parent_dir / "trainer_state.json").string())
-                .step;
+        provenance["step"] = train::TrainerState::from_json(
+                                 bd3::read_json_file(plan.parent_dir / "trainer_state.json"),
+                                 (plan.parent_dir / "trainer_state.json").string())
+                                 .step;
       extra["init_from"] = provenance;
-      progress.message(fmt::format("bd3 train: starting from the weights of {}{}",
-                                   plan.parent_dir.string(),
-                                   provenance.contains("step")
-                                       ? fmt::format(" (step {})", provenance["step"].get<int64_t>())
-                                       : std::string()));
+      progress.message(fmt::format(
+          "bd3 train: starting from the weights of {}{}", plan.parent_dir.string(),
+          provenance.contains("step") ? fmt::format(" (step {})", provenance["step"].get<int64_t>())
+                                      : std::string()));
     } else {
       train::init_model(model, opts.seed);
     }
@@ -510,14 +508,14 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
     const double tps = window_seconds > 0 ? double(window_tokens) / window_seconds : 0.0;
     if (done % f.log_every == 0 || trainer->done()) {
       nlohmann::json line = {{"step", done},
-                    {"loss", r.loss},
-                    {"loss_avg", loss_window / window_steps},
-                    {"lr", r.lr},
-                    {"grad_norm", r.grad_norm},
-                    {"tokens_per_s", tps},
-                    {"seconds", trainer->state().elapsed_seconds},
-                    {"eps_min", trainer->interval().eps_min},
-                    {"eps_max", trainer->interval().eps_max}};
+                             {"loss", r.loss},
+                             {"loss_avg", loss_window / window_steps},
+                             {"lr", r.lr},
+                             {"grad_norm", r.grad_norm},
+                             {"tokens_per_s", tps},
+                             {"seconds", trainer->state().elapsed_seconds},
+                             {"eps_min", trainer->interval().eps_min},
+                             {"eps_max", trainer->interval().eps_max}};
       if (group) line["reduce_wait_s"] = r.reduce_wait_seconds;
       write_metric(line);
     }
@@ -534,8 +532,9 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
                     {"val_ppl", v.ppl()},
                     {"val_standard_error", v.standard_error},
                     {"val_sequences", v.sequences}});
-      progress.message(fmt::format("bd3 train: step {}: validation NELBO {:.4f} (ppl {:.1f}, {} sequences)",
-                                   done, v.nelbo, v.ppl(), v.sequences));
+      progress.message(
+          fmt::format("bd3 train: step {}: validation NELBO {:.4f} (ppl {:.1f}, {} sequences)",
+                      done, v.nelbo, v.ppl(), v.sequences));
     }
     if (f.checkpoint_every > 0 && done % f.checkpoint_every == 0 && !trainer->done()) save();
     if (f.max_seconds > 0 && session >= f.max_seconds) stop_reason = "max_seconds";
@@ -666,10 +665,10 @@ int run_eval(const EvalFlags& f) {
     r = bd3::evaluate_nelbo(model, corpus, sequences, eval, group);
   } catch (const bd3::Error& e) {
     if (e.kind() != bd3::ErrorKind::numerical) throw;
-    throw bd3::Error(bd3::ErrorKind::numerical,
-                     fmt::format("eval: {} (bd3 inspect --model {} checks the weights)",
-                                 std::string(e.what()).substr(sizeof("evaluate_nelbo: ") - 1),
-                                 f.model));
+    throw bd3::Error(
+        bd3::ErrorKind::numerical,
+        fmt::format("eval: {} (bd3 inspect --model {} checks the weights)",
+                    std::string(e.what()).substr(sizeof("evaluate_nelbo: ") - 1), f.model));
   }
   progress.finish();
   const double nelbo = r.nelbo;

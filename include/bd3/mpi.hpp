@@ -50,7 +50,8 @@ inline void check(int code, const char* call) {
   char text[MPI_MAX_ERROR_STRING];
   int n = 0;
   MPI_Error_string(code, text, &n);
-  throw Error(ErrorKind::io, std::string("MPI: ") + call + " failed: " + std::string(text, size_t(n)));
+  throw Error(ErrorKind::io,
+              std::string("MPI: ") + call + " failed: " + std::string(text, size_t(n)));
 }
 
 inline int count_of(size_t n, const char* what) {
@@ -142,8 +143,7 @@ class Group final : public train::ProcessGroup {
   std::vector<std::string> all_gather(const std::string& bytes) override {
     const int n = detail::count_of(bytes.size(), "an all-gather");
     std::vector<int> counts(static_cast<size_t>(size_)), displs(static_cast<size_t>(size_));
-    detail::check(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_),
-                  "MPI_Allgather");
+    detail::check(MPI_Allgather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, comm_), "MPI_Allgather");
     size_t total = 0;
     for (int r = 0; r < size_; ++r) {
       displs[size_t(r)] = detail::count_of(total, "an all-gather");
@@ -183,8 +183,7 @@ class Group final : public train::ProcessGroup {
   }
 
   void reduce_ready(train::GradientRange range) override {
-    if (range.offset < 0 || range.count < 0 ||
-        size_t(range.offset + range.count) > total_.size())
+    if (range.offset < 0 || range.count < 0 || size_t(range.offset + range.count) > total_.size())
       throw Error(ErrorKind::usage, "MPI: a gradient range outside the gradient buffer");
     const int64_t piece = piece_size();
     for (int64_t at = range.offset; at < range.offset + range.count; at += piece) {
@@ -239,16 +238,17 @@ class Group final : public train::ProcessGroup {
     const bool last = rank_ + 1 == size_;
     if (rank_ == 0) {
       local_(slice(partial_, r.range), r.range, false);
-      detail::check(MPI_Isend(slice(partial_, r.range).data(), n, MPI_FLOAT, 1, tag, comm_, &r.send),
-                    "MPI_Isend");
+      detail::check(
+          MPI_Isend(slice(partial_, r.range).data(), n, MPI_FLOAT, 1, tag, comm_, &r.send),
+          "MPI_Isend");
     } else {
       float* into = last ? slice(total_, r.range).data() : slice(partial_, r.range).data();
       detail::check(MPI_Irecv(into, n, MPI_FLOAT, rank_ - 1, tag, comm_, &r.recv), "MPI_Irecv");
     }
     if (!last)
-      detail::check(MPI_Ibcast(slice(total_, r.range).data(), n, MPI_FLOAT, size_ - 1, comm_,
-                               &r.bcast),
-                    "MPI_Ibcast");
+      detail::check(
+          MPI_Ibcast(slice(total_, r.range).data(), n, MPI_FLOAT, size_ - 1, comm_, &r.bcast),
+          "MPI_Ibcast");
   }
 
   // Adds this rank's share to the ranges whose partial sums have arrived, in order; with
@@ -272,9 +272,9 @@ class Group final : public train::ProcessGroup {
       const int tag = tag_of(next_);
       if (last) {
         local_(slice(total_, r.range), r.range, true);
-        detail::check(MPI_Ibcast(slice(total_, r.range).data(), n, MPI_FLOAT, rank_, comm_,
-                                 &r.bcast),
-                      "MPI_Ibcast");
+        detail::check(
+            MPI_Ibcast(slice(total_, r.range).data(), n, MPI_FLOAT, rank_, comm_, &r.bcast),
+            "MPI_Ibcast");
       } else {
         local_(slice(partial_, r.range), r.range, true);
         detail::check(MPI_Isend(slice(partial_, r.range).data(), n, MPI_FLOAT, rank_ + 1, tag,

@@ -13,7 +13,9 @@ std::unique_ptr<bd3::mpi::Session> g_session;
 std::unique_ptr<bd3::mpi::Group> g_group;
 }  // namespace
 
-std::string mpi_text() { return "yes (" + bd3::mpi::library_version() + ")"; }
+std::string mpi_text() {
+  return "yes (" + bd3::mpi::library_version() + ")";
+}
 
 bd3::train::ProcessGroup* launch_group(bool overlap) {
   if (!bd3::mpi::launched_by_mpirun()) return nullptr;
@@ -25,8 +27,12 @@ bd3::train::ProcessGroup* launch_group(bool overlap) {
   return g_group.get();
 }
 
-int launch_rank() { return g_group ? g_group->rank() : 0; }
-bool launched_with_others() { return g_group && g_group->size() > 1; }
+int launch_rank() {
+  return g_group ? g_group->rank() : 0;
+}
+bool launched_with_others() {
+  return g_group && g_group->size() > 1;
+}
 
 void abort_launch(int code) {
   if (launched_with_others()) bd3::mpi::Session::abort(code);

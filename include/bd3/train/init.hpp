@@ -13,8 +13,8 @@
 #include <bd3/model/config.hpp>
 #include <bd3/model/parameters.hpp>
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -24,15 +24,19 @@ namespace bd3::train {
 
 inline void init_parameters(const ModelConfig& config, std::span<float> params, uint64_t seed) {
   const ParameterLayout layout(config);
-  if (params.size() != size_t(layout.total())) fail("init_parameters: buffer size does not match the config");
+  if (params.size() != size_t(layout.total()))
+    fail("init_parameters: buffer size does not match the config");
   const auto& entries = layout.entries();
   for (size_t e = 0; e < entries.size(); ++e) {
     const auto& ent = entries[e];
     auto out = params.subspan(size_t(ent.offset), size_t(ent.size));
     const std::string& name = ent.name;
-    auto ends_with = [&](std::string_view s) { return name.size() >= s.size() && name.ends_with(s); };
+    auto ends_with = [&](std::string_view s) {
+      return name.size() >= s.size() && name.ends_with(s);
+    };
     double bound = 0;
-    if (name.find("adaLN_modulation") != std::string::npos || name.starts_with("backbone.output_layer.linear.")) {
+    if (name.find("adaLN_modulation") != std::string::npos ||
+        name.starts_with("backbone.output_layer.linear.")) {
       std::fill(out.begin(), out.end(), 0.0f);
       continue;
     }
@@ -72,10 +76,13 @@ void init_from_weights(Model& model, const ModelConfig& parent, std::span<const 
                        const std::string& source) {
   const ModelConfig& c = model.config();
   const std::pair<const char*, std::pair<int64_t, int64_t>> shape[] = {
-      {"layers", {parent.n_blocks, c.n_blocks}},     {"hidden", {parent.hidden_dim, c.hidden_dim}},
-      {"heads", {parent.n_heads, c.n_heads}},        {"cond", {parent.cond_dim, c.cond_dim}},
+      {"layers", {parent.n_blocks, c.n_blocks}},
+      {"hidden", {parent.hidden_dim, c.hidden_dim}},
+      {"heads", {parent.n_heads, c.n_heads}},
+      {"cond", {parent.cond_dim, c.cond_dim}},
       {"vocabulary", {parent.vocab_size, c.vocab_size}},
-      {"MASK id", {parent.mask_index, c.mask_index}}, {"adaLN", {parent.adaln, c.adaln}}};
+      {"MASK id", {parent.mask_index, c.mask_index}},
+      {"adaLN", {parent.adaln, c.adaln}}};
   for (const auto& [what, v] : shape)
     if (v.first != v.second)
       fail_usage(source + ": the parent's " + what + " is " + std::to_string(v.first) +

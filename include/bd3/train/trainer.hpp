@@ -191,10 +191,10 @@ class Trainer {
       g.assign(grads_.size(), 0.0f);
       GradientReady ready;
       if (last && group_) {
-        group_->reduce_begin(std::span<float>(grads_), [this, A](std::span<float> dst,
-                                                                 GradientRange range, bool onto) {
-          local_sum(dst, range, A, onto);
-        });
+        group_->reduce_begin(std::span<float>(grads_),
+                             [this, A](std::span<float> dst, GradientRange range, bool onto) {
+                               local_sum(dst, range, A, onto);
+                             });
         ready = [this](GradientRange range) { group_->reduce_ready(range); };
       }
       losses[size_t(a)] = loss_and_gradient(model_, noised_.xt, x0_, B, noised_.weight,
