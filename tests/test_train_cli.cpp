@@ -61,6 +61,15 @@ int count_lines(const std::string& s) {
   return int(std::count(s.begin(), s.end(), '\n'));
 }
 
+// dir/data.txt: 400 numbered lines, a few hundred byte-level sequences of 32.
+fs::path numbered_text(const fs::path& dir) {
+  const auto path = dir / "data.txt";
+  std::ofstream f(path);
+  for (int i = 0; i < 400; ++i)
+    f << "And the evening and the morning were day " << i << " of the " << i % 7 << "th week.\n";
+  return path;
+}
+
 }  // namespace
 
 TEST_CASE("bd3 train: bad flags and bad data", "[cli][train]") {
@@ -207,12 +216,7 @@ TEST_CASE("bd3 sample's DDPM uses the noise schedule the model was trained with"
 TEST_CASE("bd3 train --init-from: the parent's weights, a new block size and length, provenance",
           "[cli][train]") {
   const auto dir = temp_dir("init_from");
-  const auto data = dir / "data.txt";
-  {
-    std::ofstream f(data);
-    for (int i = 0; i < 400; ++i)
-      f << "And the evening and the morning were day " << i << " of the " << i % 7 << "th week.\n";
-  }
+  const auto data = numbered_text(dir);
   const std::string shape =
       " --layers 2 --hidden 32 --heads 2 --cond 16 --batch 4 --threads 1"
       " --quiet --checkpoint-every 0 --data " +
@@ -271,12 +275,7 @@ TEST_CASE("bd3 train --init-from: the parent's weights, a new block size and len
 TEST_CASE("bd3 train --eval-every: validation NELBOs in metrics.jsonl, equal to bd3 eval's",
           "[cli][train]") {
   const auto dir = temp_dir("eval_every");
-  const auto data = dir / "data.txt";
-  {
-    std::ofstream f(data);
-    for (int i = 0; i < 400; ++i)
-      f << "In the beginning " << i << " was the word " << i * 3 << ".\n";
-  }
+  const auto data = numbered_text(dir);
   const auto out = dir / "out";
   const auto r = run("train --data " + data.string() + " --out " + out.string() +
                      " --block-size 4 --length 32 --layers 1 --hidden 16 --heads 2 --cond 8"
