@@ -199,14 +199,12 @@ class Trainer {
       }
       losses[size_t(a)] = loss_and_gradient(model_, noised_.xt, x0_, B, noised_.weight,
                                             std::span<float>(g), dropout, &scratch_, ready);
-      // Rank 0 (and one process) keeps a running sum in buffer 0: the chain's order.
-      if (!last && a > 0 && first == 0) add_to(micro_buffer(0), g, {0, int64_t(g.size())});
+      // One process sums into grads_ itself, rank 0 into buffer 0: the chain's order.
+      if (a > 0 && (!group_ || (!last && first == 0)))
+        add_to(group_ ? micro_buffer(0) : grads_, g, {0, int64_t(g.size())});
     }
     state_.samples_seen = position + int64_t(options_.accumulate) * B;
-    if (group_)
-      r.reduce_wait_seconds = group_->reduce_finish();
-    else
-      local_sum(std::span<float>(grads_), {0, int64_t(grads_.size())}, A, false);
+    if (group_) r.reduce_wait_seconds = group_->reduce_finish();
     double loss = 0;
     for (double l : gather_losses(losses)) loss += l;
     if (options_.accumulate > 1) {
@@ -371,11 +369,13 @@ class Trainer {
   // Buffer of micro-batch a: rank 0 sums into buffer 0 and computes the others in buffer 1
   // (it never needs them again); another rank keeps each until the chain reaches it; the
   // last micro-batch always has a buffer of its own (the chain reads it while it is made).
+  // One process has no chain to feed: micro-batch 0 goes straight into grads_ and the
+  // others through buffer 0, added on as they come (the same order, no extra copy).
   std::vector<float>& micro_buffer(int a) {
-    const int A = options_.accumulate / (group_ ? group_->size() : 1);
-    const bool first_rank = !group_ || group_->rank() == 0;
+    if (!group_) return a == 0 ? grads_ : micro_grads_[0];
+    const int A = options_.accumulate / group_->size();
     if (a == A - 1) return last_grads_;
-    return micro_grads_[size_t(first_rank ? std::min(a, 1) : a)];
+    return micro_grads_[size_t(group_->rank() == 0 ? std::min(a, 1) : a)];
   }
 
   static void add_to(std::vector<float>& dst, const std::vector<float>& src, GradientRange r) {
