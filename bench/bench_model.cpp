@@ -32,8 +32,7 @@ void randomize(Model& m) {
 
 template <class Attention>
 void BM_Forward(benchmark::State& state) {
-  using Model =
-      bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear, Attention>;
+  using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, Attention>;
   Model model(preset(state.range(0)));
   randomize(model);
   const auto& c = model.config();
@@ -54,8 +53,7 @@ void BM_Forward(benchmark::State& state) {
 
 template <class Attention>
 void BM_Decode(benchmark::State& state) {
-  using Model =
-      bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear, Attention>;
+  using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, Attention>;
   Model model(preset(state.range(0)));
   randomize(model);
   const auto& c = model.config();
@@ -114,7 +112,7 @@ void BM_DecodeAttention(benchmark::State& state) {
 // against a full window. Whatever differs is what the compiler makes of a constant B'.
 template <class Block, int B>
 void BM_BlockSizePolicy(benchmark::State& state) {
-  using Model = bd3::BlockDiffusionModel<Block, bd3::noise::LogLinear, bd3::BlockSparseAttention>;
+  using Model = bd3::BlockDiffusionModel<Block, bd3::BlockSparseAttention>;
   auto config = preset(false);
   config.block_size = B;
   Model model(config);

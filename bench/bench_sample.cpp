@@ -25,8 +25,8 @@
 
 namespace {
 
-using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear,
-                                       bd3::BlockSparseAttention, float>;
+using Model =
+    bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::BlockSparseAttention, float>;
 using bd3::sample::Method;
 
 bd3::ModelConfig preset(const std::string& name) {

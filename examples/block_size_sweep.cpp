@@ -23,15 +23,15 @@ namespace fs = std::filesystem;
 constexpr int kLength = 64;  // BlockSize<L> needs L at compile time
 
 template <int N>
-using Model =
-    bd3::BlockDiffusionModel<bd3::BlockSize<N>, bd3::noise::LogLinear, bd3::BlockSparseAttention>;
+using Model = bd3::BlockDiffusionModel<bd3::BlockSize<N>, bd3::BlockSparseAttention>;
 
-// The model of block size N on the checkpoint's weights. The config must say N too: the
-// policy checks that they agree (a mismatch is a bd3::Error).
+// The model of block size N on the checkpoint's weights. The checkpoint's config names the
+// block size it was trained with; 0 leaves it to the type (another value than N would be
+// refused as a mismatch).
 template <int N>
 Model<N> load(const bd3::LoadedCheckpoint& checkpoint) {
   bd3::ModelConfig config = checkpoint.config;
-  config.block_size = N;
+  config.block_size = 0;
   Model<N> model(config);
   std::ranges::copy(checkpoint.parameters, model.parameters().begin());
   model.parameters_changed();
@@ -48,7 +48,7 @@ double nelbo(const bd3::LoadedCheckpoint& checkpoint, const bd3::text::Corpus& c
   bd3::EvalOptions options;
   if (exact_nll) options.estimator.eps_min = options.estimator.eps_max = 1.0;
   const auto sequences = bd3::split_sequences(corpus, bd3::text::Split::train);
-  return bd3::evaluate_nelbo(model, corpus, sequences, options).nelbo;
+  return bd3::evaluate_nelbo(model, bd3::noise::LogLinear{}, corpus, sequences, options).nelbo;
 }
 
 // -log p(x_l | x_<l) averaged over positions 1..L-1 of every sequence, the way an AR

@@ -91,7 +91,7 @@ struct EntropyAttention {
 static_assert(bd3::TrainableAttention<EntropyAttention>);
 
 template <class Attention>
-using ModelWith = bd3::BlockDiffusionModel<bd3::BlockSize<4>, bd3::noise::LogLinear, Attention>;
+using ModelWith = bd3::BlockDiffusionModel<bd3::BlockSize<4>, Attention>;
 using Model = ModelWith<EntropyAttention>;
 
 // max |a - b| / max |b|: float rounding differs between the two backends' sums.
@@ -119,7 +119,7 @@ int main(int argc, char** argv) try {
   const auto tokenizer = bd3::text::Tokenizer::bytes();
   bd3::ModelConfig config;
   config.vocab_size = tokenizer.model_vocab_size(), config.mask_index = tokenizer.mask_id();
-  config.model_length = 64, config.block_size = 4;
+  config.model_length = 64;  // block size 4: the model type's
   config.hidden_dim = 64, config.n_heads = 4, config.n_blocks = 2, config.cond_dim = 32;
   bd3::text::CorpusOptions co;
   co.model_length = config.model_length;
@@ -162,7 +162,7 @@ int main(int argc, char** argv) try {
   corpus.batch(bd3::text::Split::validation, std::vector<int64_t>{0, 1, 2, 3}, x0);
   bd3::CounterRng rng(7, {0});
   bd3::NoisedBatch nb;
-  bd3::draw_noised_batch(x0, batch, L, 4, config.mask_index, trained.noise(),
+  bd3::draw_noised_batch(x0, batch, L, trained.block_size(), config.mask_index, trainer.noise(),
                          bd3::EstimatorOptions{}, rng, nb);
   bd3::TrainActivations<float> ours, theirs;
   trained.forward_train(nb.xt, x0, batch, ours);
@@ -170,7 +170,7 @@ int main(int argc, char** argv) try {
   const double train_diff = relative_difference(ours.logits, theirs.logits);
 
   // Decode: commit the first block of each sequence, then denoise the (noised) second.
-  bd3::KVCache<float> cache_ours(config, batch), cache_theirs(config, batch);
+  bd3::KVCache<float> cache_ours(trained.config(), batch), cache_theirs(reference.config(), batch);
   std::vector<int32_t> first(size_t(batch) * 4), second(size_t(batch) * 4);
   for (int b = 0; b < batch; ++b)
     for (int j = 0; j < 4; ++j)

@@ -1,5 +1,5 @@
 // A noise schedule of one's own, defined in this file, used by training, evaluation and
-// sampling: the model type carries it, and every part of the library takes it from there.
+// sampling: the trainer, the evaluation and the sampler each take it as their Noise.
 //
 // Usage: custom_schedule [--steps N] [CORPUS]   (CORPUS: $BD3_CORPUS, else
 // /tmp/bd3_corpus/kjv.txt). Exits 1 when the masks do not follow this schedule's p(t).
@@ -28,9 +28,9 @@ struct ExponentialNoise {
 };
 static_assert(bd3::NoiseSchedule<ExponentialNoise>);
 
-// Block size 16: many tokens share each block's t, so the masked fraction per t is sharp.
-using Model =
-    bd3::BlockDiffusionModel<bd3::BlockSize<16>, ExponentialNoise, bd3::BlockSparseAttention>;
+// Block size 16 (the config follows the type): many tokens share each block's t, so the
+// masked fraction per t is sharp.
+using Model = bd3::BlockDiffusionModel<bd3::BlockSize<16>, bd3::BlockSparseAttention>;
 
 int main(int argc, char** argv) try {
   int64_t steps = 30;
@@ -56,7 +56,7 @@ int main(int argc, char** argv) try {
   const auto tokenizer = bd3::text::Tokenizer::bytes();
   bd3::ModelConfig config;
   config.vocab_size = tokenizer.model_vocab_size(), config.mask_index = tokenizer.mask_id();
-  config.model_length = 64, config.block_size = 16;
+  config.model_length = 64;
   config.hidden_dim = 64, config.n_heads = 2, config.n_blocks = 2, config.cond_dim = 32;
   bd3::text::CorpusOptions co;
   co.model_length = config.model_length;
@@ -68,18 +68,18 @@ int main(int argc, char** argv) try {
   bd3::train::init_model(model, 0);
   bd3::train::TrainOptions options;
   options.steps = steps, options.batch = 16, options.adamw.lr = 3e-3, options.ema = 0.0;
-  bd3::train::Trainer<Model> trainer(std::move(model), options, corpus);
+  bd3::train::Trainer trainer(std::move(model), ExponentialNoise{}, options, corpus);
   while (!trainer.done()) {
     const auto r = trainer.train_step();
     if (trainer.done()) std::printf("trained %lld steps, loss %.4f\n", (long long)steps, r.loss);
   }
   std::printf("the trainer records the schedule '%s'\n", trainer.options().noise.c_str());
 
-  // The masks the trainer draws (draw_noised_batch, with the trainer's model and interval),
-  // binned by t: the masked fraction must follow p(t), not log-linear's p(t) = t.
+  // The masks the trainer draws (draw_noised_batch, with the trainer's schedule and
+  // interval), binned by t: the masked fraction must follow p(t), not log-linear's p(t) = t.
   const Model& trained = trainer.model();
   constexpr int bins = 10, batch = 64, draws = 40;
-  const int L = config.model_length, B = config.block_size, K = L / B;  // K blocks per sequence
+  const int L = config.model_length, B = trained.block_size(), K = L / B;  // K blocks each
   std::vector<double> masked(bins), maskable(bins), expected(bins), linear(bins);
   std::vector<int32_t> x0(size_t(batch) * L);
   std::vector<int64_t> idx(batch);
@@ -89,7 +89,7 @@ int main(int argc, char** argv) try {
       idx[size_t(b)] = (int64_t(d) * batch + b) % corpus.size(bd3::text::Split::train);
     corpus.batch(bd3::text::Split::train, idx, x0);
     bd3::CounterRng rng(1, {uint64_t(d)});
-    bd3::draw_noised_batch(x0, batch, L, B, config.mask_index, trained.noise(),
+    bd3::draw_noised_batch(x0, batch, L, B, config.mask_index, trainer.noise(),
                            trainer.estimator_options(), rng, nb);
     for (int b = 0; b < batch; ++b)
       for (int k = 0; k < K; ++k) {
@@ -116,14 +116,14 @@ int main(int argc, char** argv) try {
   // Evaluation: the NELBO's masks and weights come from the same schedule.
   auto sequences = bd3::split_sequences(corpus, bd3::text::Split::validation);
   sequences.resize(std::min<size_t>(sequences.size(), 64));
-  const auto r = bd3::evaluate_nelbo(trained, corpus, sequences, bd3::EvalOptions{});
+  const auto r = bd3::evaluate_nelbo(trained, ExponentialNoise{}, corpus, sequences, {});
   std::printf("validation NELBO %.4f (%lld sequences)\n", r.nelbo, (long long)r.sequences);
 
   // Sampling: DDPM keeps a masked token masked from t to s with probability p(s) / p(t).
   bd3::sample::SamplerOptions so;
   so.method = bd3::sample::Method::ddpm;
   so.bos_id = tokenizer.bos_id(), so.length = 64, so.seed = 1;
-  bd3::sample::Sampler<Model> sampler(trained, so);
+  bd3::sample::Sampler sampler(trained, so, ExponentialNoise{});
   const auto sample = sampler.generate().at(0);
   std::printf("DDPM sample (NFE %lld): %s\n", (long long)sample.nfe,
               tokenizer.decode(std::span<const int32_t>(sample.ids).subspan(1)).c_str());

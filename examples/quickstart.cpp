@@ -22,8 +22,7 @@ namespace fs = std::filesystem;
 // (BlockSize<bd3::dynamic>), the masking schedule is log-linear (the official models'),
 // and attention visits only the non-empty tiles of the block-diffusion mask.
 // [model]
-using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear,
-                                       bd3::BlockSparseAttention>;
+using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::BlockSparseAttention>;
 // [model]
 
 int main(int argc, char** argv) try {
@@ -52,7 +51,8 @@ int main(int argc, char** argv) try {
 
   // One mask draw per sequence, 8 sequences per forward, seed 0: bd3 eval's defaults.
   bd3::EvalOptions eval;
-  const bd3::EvalResult r = bd3::evaluate_nelbo(model, corpus, sequences, eval);
+  const bd3::EvalResult r =
+      bd3::evaluate_nelbo(model, bd3::noise::LogLinear{}, corpus, sequences, eval);
   std::printf("NELBO %.17g nats/token over %lld tokens (%lld sequences)\n", r.nelbo,
               (long long)r.tokens, (long long)r.sequences);
   std::printf("perplexity bound %.3f, %.4f bits/token, standard error %.4f\n", r.ppl(),

@@ -14,8 +14,7 @@
 #include <string>
 #include <vector>
 
-using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear,
-                                       bd3::BlockSparseAttention>;
+using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::BlockSparseAttention>;
 
 int main(int argc, char** argv) try {
   if (argc < 2 || argc > 3)

@@ -18,8 +18,7 @@
 namespace fs = std::filesystem;
 
 // Block size 4, a run-time size: the checkpoint records it and `bd3 sample` reads it back.
-using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear,
-                                       bd3::BlockSparseAttention>;
+using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::BlockSparseAttention>;
 
 int main(int argc, char** argv) try {
   int64_t steps = 300;

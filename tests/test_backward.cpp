@@ -13,9 +13,9 @@
 #include <omp.h>
 
 #include <chrono>
-#include <ctime>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <random>
 
 using namespace bd3;
@@ -50,10 +50,12 @@ void randomize(Model& model, uint64_t seed, double scale = 0.5) {
     double s = scale;
     if (e.name.find("sigma_map.mlp.0.weight") != std::string::npos) s = scale / 8;
     if (e.name.find("norm") != std::string::npos && e.shape.size() == 1) {
-      for (int64_t i = 0; i < e.size; ++i) model.param(e.offset)[i] = typename Model::scalar_type(1.0 + s * normal(rng));
+      for (int64_t i = 0; i < e.size; ++i)
+        model.param(e.offset)[i] = typename Model::scalar_type(1.0 + s * normal(rng));
       continue;
     }
-    for (int64_t i = 0; i < e.size; ++i) model.param(e.offset)[i] = typename Model::scalar_type(s * normal(rng));
+    for (int64_t i = 0; i < e.size; ++i)
+      model.param(e.offset)[i] = typename Model::scalar_type(s * normal(rng));
   }
   model.parameters_changed();
 }
@@ -92,8 +94,8 @@ double loss_only(const Model& model, const Batch& b, Dropout dropout = {}) {
   TrainActivations<typename Model::scalar_type> act;
   model.forward_train(b.xt, b.x0, b.batch, act, false, dropout);
   const auto& c = model.config();
-  auto terms = subs_nelbo<typename Model::scalar_type>(act.logits, b.xt, b.x0, b.weight, c.model_length,
-                                                       c.vocab_size, c.mask_index);
+  auto terms = subs_nelbo<typename Model::scalar_type>(act.logits, b.xt, b.x0, b.weight,
+                                                       c.model_length, c.vocab_size, c.mask_index);
   return terms.loss_sum / double(terms.tokens);
 }
 
@@ -108,7 +110,8 @@ double finite_difference_check(Model& model, const Batch& b, Dropout dropout, co
     ~OneThread() { omp_set_num_threads(saved); }
   } one_thread;
   std::vector<double> grads(size_t(model.layout().total()), 0.0);
-  const double loss = loss_and_gradient(model, b.xt, b.x0, b.batch, b.weight, std::span<double>(grads), dropout);
+  const double loss =
+      loss_and_gradient(model, b.xt, b.x0, b.batch, b.weight, std::span<double>(grads), dropout);
   CHECK(loss == Approx(loss_only(model, b, dropout)).epsilon(1e-12));
   const double h = 1e-5;
   double worst = 0;
@@ -136,23 +139,24 @@ double finite_difference_check(Model& model, const Batch& b, Dropout dropout, co
     CHECK(rel < 1e-6);
     if (rel > worst) worst = rel, worst_name = e.name;
   }
-  std::printf("[backward] finite differences (%s): max per-tensor relative error %.3g (%s)\n", label, worst,
-              worst_name.c_str());
+  std::printf("[backward] finite differences (%s): max per-tensor relative error %.3g (%s)\n",
+              label, worst, worst_name.c_str());
   return worst;
 }
 
 }  // namespace
 
 TEST_CASE("backward matches finite differences in double (scalar attention)", "[backward][fd]") {
-  using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, ScalarAttention, double>;
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, ScalarAttention, double>;
   Model model(tiny_config());
   randomize(model, 1);
   auto b = random_batch(model.config(), 2, 2);
   finite_difference_check(model, b, {}, "scalar, block 2, batch 2");
 }
 
-TEST_CASE("backward matches finite differences in double (block-sparse attention)", "[backward][fd]") {
-  using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
+TEST_CASE("backward matches finite differences in double (block-sparse attention)",
+          "[backward][fd]") {
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, double>;
   Model model(tiny_config());
   randomize(model, 3);
   auto b = random_batch(model.config(), 2, 4);
@@ -165,15 +169,17 @@ TEST_CASE("backward matches finite differences in double (block-sparse attention
   finite_difference_check(full, random_batch(full.config(), 1, 8), {}, "block-sparse, block = L");
 }
 
-TEST_CASE("backward with dropout matches finite differences (same masks)", "[backward][fd][dropout]") {
+TEST_CASE("backward with dropout matches finite differences (same masks)",
+          "[backward][fd][dropout]") {
   {
-    using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, ScalarAttention, double>;
+    using Model = BlockDiffusionModel<BlockSize<dynamic>, ScalarAttention, double>;
     Model model(tiny_config());
     randomize(model, 11);
-    finite_difference_check(model, random_batch(model.config(), 2, 12), Dropout{0.3, 1234}, "scalar, dropout 0.3");
+    finite_difference_check(model, random_batch(model.config(), 2, 12), Dropout{0.3, 1234},
+                            "scalar, dropout 0.3");
   }
   {
-    using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
+    using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, double>;
     Model model(tiny_config());
     randomize(model, 13);
     finite_difference_check(model, random_batch(model.config(), 2, 14), Dropout{0.5, 99},
@@ -185,8 +191,8 @@ TEST_CASE("block-sparse and dense attention backward agree over many tiles", "[b
   // L = 96: 2L = 192 rows, several 64-row query tiles per half, blocks crossing tiles.
   auto cfg = tiny_config(4, 96);
   cfg.hidden_dim = 16, cfg.n_heads = 4;
-  BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, ScalarAttention, double> dense(cfg);
-  BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double> sparse(cfg);
+  BlockDiffusionModel<BlockSize<dynamic>, ScalarAttention, double> dense(cfg);
+  BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, double> sparse(cfg);
   randomize(dense, 21);
   std::copy(dense.parameters().begin(), dense.parameters().end(), sparse.parameters().begin());
   sparse.parameters_changed();
@@ -196,7 +202,8 @@ TEST_CASE("block-sparse and dense attention backward agree over many tiles", "[b
   const double ls = loss_and_gradient(sparse, b.xt, b.x0, b.batch, b.weight, std::span<double>(gs));
   CHECK(ld == Approx(ls).epsilon(1e-12));
   double diff = 0, ref = 0;
-  for (size_t i = 0; i < gd.size(); ++i) diff = std::max(diff, std::abs(gd[i] - gs[i])), ref = std::max(ref, std::abs(gd[i]));
+  for (size_t i = 0; i < gd.size(); ++i)
+    diff = std::max(diff, std::abs(gd[i] - gs[i])), ref = std::max(ref, std::abs(gd[i]));
   CHECK(diff <= 1e-11 * ref);
 }
 
@@ -204,7 +211,7 @@ namespace {
 
 template <class Attention>
 double check_fixture_gradients(const std::string& name, bool print_names) {
-  using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, Attention, float>;
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, Attention, float>;
   INFO("fixture " << name << ", backend " << Attention::name);
   auto model = test::load_fixture_model<Model>(name);
   const auto& cfg = model.config();
@@ -221,11 +228,13 @@ double check_fixture_gradients(const std::string& name, bool print_names) {
 
   auto file = io::SafetensorsFile::open(fixture_dir(name) / "grads.safetensors");
   if (print_names) {
-    std::printf("[backward] %s/grads.safetensors: %zu tensors (metadata:", name.c_str(), file.tensors().size());
+    std::printf("[backward] %s/grads.safetensors: %zu tensors (metadata:", name.c_str(),
+                file.tensors().size());
     for (const auto& [k, v] : file.metadata()) std::printf(" %s=%s", k.c_str(), v.c_str());
     std::printf(")\n");
     for (const auto& t : file.tensors())
-      if (!model.layout().find(t.name)) std::printf("[backward]   not a parameter: %s\n", t.name.c_str());
+      if (!model.layout().find(t.name))
+        std::printf("[backward]   not a parameter: %s\n", t.name.c_str());
   }
   double worst = 0;
   std::string worst_name;
@@ -244,8 +253,9 @@ double check_fixture_gradients(const std::string& name, bool print_names) {
     const double rel = scale > 0 ? diff / scale : diff;
     if (rel > worst) worst = rel, worst_name = e.name;
   }
-  std::printf("[backward] fixture %s, %s attention: loss %.7f, max per-tensor |diff|/max|ref| %.3g (%s)\n",
-              name.c_str(), std::string(Attention::name).c_str(), loss, worst, worst_name.c_str());
+  std::printf(
+      "[backward] fixture %s, %s attention: loss %.7f, max per-tensor |diff|/max|ref| %.3g (%s)\n",
+      name.c_str(), std::string(Attention::name).c_str(), loss, worst, worst_name.c_str());
   return worst;
 }
 
@@ -294,7 +304,8 @@ void check_autoregressive(Model& model, const std::vector<int32_t>& x0, double t
   std::vector<typename Model::scalar_type> grads(size_t(model.layout().total()), 0);
   const double loss = loss_and_gradient(model, xt, x0, 1, weight, std::span(grads));
   const double ar = autoregressive_nll(model, x0);
-  std::printf("[backward] block size 1, all masked: NELBO %.9f, autoregressive NLL %.9f\n", loss, ar);
+  std::printf("[backward] block size 1, all masked: NELBO %.9f, autoregressive NLL %.9f\n", loss,
+              ar);
   CHECK(loss == Approx(ar).epsilon(tol));
 }
 
@@ -302,14 +313,14 @@ void check_autoregressive(Model& model, const std::vector<int32_t>& x0, double t
 
 TEST_CASE("block size 1 with every position masked is the autoregressive NLL", "[backward][ar]") {
   {
-    using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
+    using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, double>;
     Model model(tiny_config(1, 12));
     randomize(model, 31);
     auto b = random_batch(model.config(), 1, 32);
     check_autoregressive(model, b.x0, 1e-12);
   }
   {
-    using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, ScalarAttention, double>;
+    using Model = BlockDiffusionModel<BlockSize<dynamic>, ScalarAttention, double>;
     auto model = test::load_fixture_model<Model>("b1");
     check_autoregressive(model, ids(fixture_cases("b1")["train"]["x0"]), 1e-12);
   }
@@ -338,7 +349,7 @@ TEST_CASE("SIMD GELU backward matches its scalar twin", "[backward][kernels]") {
 }
 
 TEST_CASE("dropout: masks depend on the seed only, p = 0 changes nothing", "[backward][dropout]") {
-  using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, float>;
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, float>;
   auto cfg = tiny_config(4, 64);
   cfg.hidden_dim = 64, cfg.n_heads = 4;  // N D = 8192 per sequence: the mask loop goes parallel
   Model model(cfg);
@@ -378,7 +389,8 @@ void time_training_step(const ModelConfig& cfg, int batch, int reps) {
   std::vector<float> grads(size_t(model.layout().total()), 0.0f);
   TrainScratch<float> scratch;
   using clock = std::chrono::steady_clock;
-  loss_and_gradient(model, b.xt, b.x0, b.batch, b.weight, std::span<float>(grads), {}, &scratch);  // warm-up
+  loss_and_gradient(model, b.xt, b.x0, b.batch, b.weight, std::span<float>(grads), {},
+                    &scratch);  // warm-up
   double best = 1e30, best_fwd = 1e30, cpu = 0;
   scratch.backward.seconds = {};
   for (int r = 0; r < reps; ++r) {
@@ -393,14 +405,18 @@ void time_training_step(const ModelConfig& cfg, int batch, int reps) {
     best = std::min(best, std::chrono::duration<double>(t2 - t1).count());
   }
   const double tokens = double(batch) * cfg.model_length;
-  std::printf("[bench] D %d, %d layers, %d heads, V %d, L %d, block %d, batch %d, %d threads: forward %.3f s, "
-              "forward+backward %.3f s = %.1f tokens/s (CPU %.2f s per step)\n",
-              cfg.hidden_dim, cfg.n_blocks, cfg.n_heads, cfg.vocab_size, cfg.model_length, cfg.block_size, batch,
-              omp_get_max_threads(), best_fwd, best, tokens / best, cpu / reps);
+  std::printf(
+      "[bench] D %d, %d layers, %d heads, V %d, L %d, block %d, batch %d, %d threads: forward %.3f "
+      "s, "
+      "forward+backward %.3f s = %.1f tokens/s (CPU %.2f s per step)\n",
+      cfg.hidden_dim, cfg.n_blocks, cfg.n_heads, cfg.vocab_size, cfg.model_length, cfg.block_size,
+      batch, omp_get_max_threads(), best_fwd, best, tokens / best, cpu / reps);
   const auto& ph = scratch.backward.seconds;
-  std::printf("[bench]   backward phases (mean s): output %.3f, MLP %.3f, attention projections %.3f, attention %.3f, "
-              "norms/gates/rotary %.3f, embedding+conditioning %.3f\n",
-              ph[0] / reps, ph[1] / reps, ph[2] / reps, ph[3] / reps, ph[4] / reps, ph[5] / reps);
+  std::printf(
+      "[bench]   backward phases (mean s): output %.3f, MLP %.3f, attention projections %.3f, "
+      "attention %.3f, "
+      "norms/gates/rotary %.3f, embedding+conditioning %.3f\n",
+      ph[0] / reps, ph[1] / reps, ph[2] / reps, ph[3] / reps, ph[4] / reps, ph[5] / reps);
 }
 
 }  // namespace
@@ -408,15 +424,18 @@ void time_training_step(const ModelConfig& cfg, int batch, int reps) {
 // Timing only (hidden: run with `test_backward "[.bench]"`; BD3_BENCH_SMALL=1 adds the
 // small preset, hidden 768, 12 layers, vocab 50258, L 1024).
 TEST_CASE("training step throughput", "[.bench]") {
-  using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, float>;
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, float>;
   ModelConfig mid;
-  mid.block_size = 4, mid.vocab_size = 4096, mid.model_length = 256, mid.hidden_dim = 256, mid.cond_dim = 128;
+  mid.block_size = 4, mid.vocab_size = 4096, mid.model_length = 256, mid.hidden_dim = 256,
+  mid.cond_dim = 128;
   mid.n_blocks = 4, mid.n_heads = 4, mid.mask_index = mid.vocab_size - 1;
   time_training_step<Model>(mid, 4, 3);
   if (const char* e = std::getenv("BD3_BENCH_SMALL"); e && std::string(e) == "1") {
     ModelConfig small;
-    small.block_size = 4, small.vocab_size = 50258, small.model_length = 1024, small.hidden_dim = 768;
-    small.cond_dim = 128, small.n_blocks = 12, small.n_heads = 12, small.mask_index = small.vocab_size - 1;
+    small.block_size = 4, small.vocab_size = 50258, small.model_length = 1024,
+    small.hidden_dim = 768;
+    small.cond_dim = 128, small.n_blocks = 12, small.n_heads = 12,
+    small.mask_index = small.vocab_size - 1;
     time_training_step<Model>(small, 1, 2);
   }
 }

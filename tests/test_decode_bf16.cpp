@@ -18,8 +18,7 @@ using namespace bd3;
 namespace {
 
 template <class Scalar = float>
-using Model =
-    BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, Scalar>;
+using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, Scalar>;
 
 ModelConfig config() {
   ModelConfig c;

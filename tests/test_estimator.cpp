@@ -6,8 +6,8 @@
 #include <bd3/diffusion/estimator.hpp>
 #include <bd3/train/init.hpp>
 
-#include <catch2/catch.hpp>
 #include <omp.h>
+#include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -18,7 +18,8 @@ using namespace bd3;
 
 namespace {
 
-std::vector<int32_t> random_tokens(int batch, int L, int vocab_without_mask, uint64_t seed, int32_t bos) {
+std::vector<int32_t> random_tokens(int batch, int L, int vocab_without_mask, uint64_t seed,
+                                   int32_t bos) {
   CounterRng rng(seed, {99});
   std::vector<int32_t> x(size_t(batch) * L);
   for (size_t i = 0; i < x.size(); ++i) x[i] = int32_t(rng.next() % uint64_t(vocab_without_mask));
@@ -189,7 +190,8 @@ TEST_CASE("block size 1 with beta = omega = 1 masks everything with weight 1", "
   for (double t : nb.t) CHECK(t == 1.0);
 }
 
-TEST_CASE("bounded mask resampling keeps fractions in the interval, rejects unreachable intervals", "[estimator]") {
+TEST_CASE("bounded mask resampling keeps fractions in the interval, rejects unreachable intervals",
+          "[estimator]") {
   const int batch = 16, L = 32, Bp = 4, K = L / Bp;
   auto x0 = random_tokens(batch, L, 20, 4, 20);
   EstimatorOptions o;
@@ -239,30 +241,33 @@ TEST_CASE("the estimator's mean equals the analytic expectation (block size 1)",
   // (the strata average to U[beta, omega] only over random data orders).
   const int batch = 32, L = 16, V = 12, N = batch * L;
   const double lo = 1e-3, hi = 1.0;
-  using Model = BlockDiffusionModel<BlockSize<dynamic>, RuntimeNoise, BlockSparseAttention, float>;
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, float>;
   enum Mode { antithetic_fixed, antithetic_shuffled, independent };
   auto check = [&](const std::string& schedule, Mode mode) {
     const bool antithetic = mode == antithetic_fixed;
     INFO("schedule " << schedule << ", mode " << int(mode));
-    Model model(tiny_config(L, 1, V), RuntimeNoise(schedule));
+    const RuntimeNoise noise(schedule);
+    Model model(tiny_config(L, 1, V));
     randomize_weights(model, 11, 0.5);
     auto x0 = random_tokens(batch, L, V - 1, 5, 3);
     EstimatorOptions exact_o;
     exact_o.eps_min = exact_o.eps_max = 1.0;
     CounterRng r0(0, {});
     std::vector<double> c;  // c_l per position
-    const auto exact = estimate_nelbo(model, x0, batch, exact_o, r0, &c);
+    const auto exact = estimate_nelbo(model, noise, x0, batch, exact_o, r0, &c);
     REQUIRE(exact.masked == exact.tokens);
     double expected = 0;
-    const double full = mean_wp(model.noise(), lo, hi, 200000);
+    const double full = mean_wp(noise, lo, hi, 200000);
     for (int i = 0; i < N; ++i) {
       if (i % L == 0) continue;  // BOS
       const double u0 = double(i) / N, u1 = double(i + 1) / N;
-      expected += c[size_t(i)] * (antithetic ? mean_wp(model.noise(), lo + u0 * (hi - lo), lo + u1 * (hi - lo), 400)
-                                             : full);
+      expected +=
+          c[size_t(i)] *
+          (antithetic ? mean_wp(noise, lo + u0 * (hi - lo), lo + u1 * (hi - lo), 400) : full);
     }
     expected /= double(exact.tokens);
-    if (schedule == "loglinear") CHECK(expected == Approx(exact.loss_sum / double(exact.tokens)).epsilon(1e-9));
+    if (schedule == "loglinear")
+      CHECK(expected == Approx(exact.loss_sum / double(exact.tokens)).epsilon(1e-9));
     EstimatorOptions o;  // [1e-3, 1]
     o.antithetic = mode != independent;
     o.shuffle_strata = mode == antithetic_shuffled;
@@ -270,7 +275,7 @@ TEST_CASE("the estimator's mean equals the analytic expectation (block size 1)",
     double sum = 0, sum2 = 0;
     for (int d = 0; d < draws; ++d) {
       CounterRng rng(77, {uint64_t(d)});
-      const auto terms = estimate_nelbo(model, x0, batch, o, rng);
+      const auto terms = estimate_nelbo(model, noise, x0, batch, o, rng);
       const double v = terms.loss_sum / double(terms.tokens);
       sum += v, sum2 += v * v;
     }
@@ -316,14 +321,16 @@ TEST_CASE("clip-search candidates", "[clip]") {
 TEST_CASE("clip search scores every candidate and picks the smallest variance", "[clip]") {
   OneThread one_thread;
   const int batch = 4, L = 32, Bp = 4, V = 20;
-  using Model = BlockDiffusionModel<BlockSize<dynamic>, RuntimeNoise, BlockSparseAttention, float>;
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, float>;
   Model model(tiny_config(L, Bp, V));
   train::init_model(model, 3);
   randomize_weights(model, 5, 0.3);
-  std::vector<std::vector<int32_t>> batches{random_tokens(batch, L, V - 1, 8, 0), random_tokens(batch, L, V - 1, 9, 0)};
+  std::vector<std::vector<int32_t>> batches{random_tokens(batch, L, V - 1, 8, 0),
+                                            random_tokens(batch, L, V - 1, 9, 0)};
   std::vector<int> sizes{batch, batch};
   ClipSearchOptions o;
-  auto r = clip_search(model, std::span<const std::vector<int32_t>>(batches), std::span<const int>(sizes), o, 1, 0);
+  auto r = clip_search(model, noise::LogLinear{}, std::span<const std::vector<int32_t>>(batches),
+                       std::span<const int>(sizes), o, 1, 0);
   REQUIRE(r.variance.size() == r.candidates.size());
   for (size_t i = 0; i < r.variance.size(); ++i) {
     CHECK(std::isfinite(r.variance[i]));
@@ -332,9 +339,71 @@ TEST_CASE("clip search scores every candidate and picks the smallest variance", 
   // The full interval's weight 1/t makes it the noisiest of all.
   CHECK(r.best != 0);
   // Same seed, same answer.
-  auto r2 = clip_search(model, std::span<const std::vector<int32_t>>(batches), std::span<const int>(sizes), o, 1, 0);
+  auto r2 = clip_search(model, noise::LogLinear{}, std::span<const std::vector<int32_t>>(batches),
+                        std::span<const int>(sizes), o, 1, 0);
   CHECK(r2.variance == r.variance);
   o.resample = true;
-  auto r3 = clip_search(model, std::span<const std::vector<int32_t>>(batches), std::span<const int>(sizes), o, 1, 0);
+  auto r3 = clip_search(model, noise::LogLinear{}, std::span<const std::vector<int32_t>>(batches),
+                        std::span<const int>(sizes), o, 1, 0);
   CHECK(r3.candidates.size() == r.candidates.size());
+}
+
+TEST_CASE("count_bos: the first block's resampling counts BOS as the official code does",
+          "[estimator][resample]") {
+  // Interval [0.5, 0.5], B' = 4: a block is accepted when exactly 2 of its 4 draws are
+  // masked. Counted as the official code does, BOS is one of the 4 (drawn, then put back):
+  // the first block keeps 1 or 2 real masks, 1 exactly when BOS drew a mask, which has
+  // probability 3/6 = 1/2 given 2 of 4, whatever p. Counted over the B' - 1 = 3 maskable
+  // positions, 1/2 is unreachable and the first block is not resampled.
+  const int batch = 4000, L = 16, Bp = 4, K = L / Bp;
+  std::vector<int32_t> x0(size_t(batch) * L, 3);
+  for (int b = 0; b < batch; ++b) x0[size_t(b) * L] = 1;  // BOS
+  EstimatorOptions o;
+  o.eps_min = o.eps_max = 0.5;
+  o.resample = true, o.count_bos = true, o.max_resample_tries = 1000;
+  CounterRng rng(4, {2});
+  NoisedBatch nb;
+  draw_noised_batch(x0, batch, L, Bp, 21, noise::LogLinear{}, o, rng, nb);
+  CHECK(nb.unresolved_blocks == 0);
+  int one = 0;
+  for (int b = 0; b < batch; ++b) {
+    REQUIRE(nb.xt[size_t(b) * L] == 1);  // BOS is put back
+    for (int k = 0; k < K; ++k) {
+      int masked = 0;
+      for (int j = 0; j < Bp; ++j) masked += nb.xt[size_t(b) * L + size_t(k) * Bp + j] == 21;
+      if (k > 0) {
+        REQUIRE(masked == 2);
+      } else {
+        REQUIRE((masked == 1 || masked == 2));
+        one += masked == 1;
+      }
+    }
+  }
+  // Binomial(4000, 1/2): standard deviation 31.6.
+  INFO("first blocks with one real mask: " << one << " of " << batch);
+  CHECK(std::abs(one - batch / 2) < 5 * 31.7);
+
+  // Without count_bos the first block is left as drawn (any count), the others as above;
+  // the other blocks' law is the same either way.
+  o.count_bos = false;
+  CounterRng rng2(4, {2});
+  draw_noised_batch(x0, batch, L, Bp, 21, noise::LogLinear{}, o, rng2, nb);
+  int three = 0;
+  for (int b = 0; b < batch; ++b) {
+    int masked = 0;
+    for (int j = 1; j < Bp; ++j) masked += nb.xt[size_t(b) * L + j] == 21;
+    three += masked == 3 || masked == 0;
+  }
+  CHECK(three > 0);  // counts 2 of 4 cannot give: the first block was not resampled
+
+  // Without resampling the option changes nothing (the stream is the default one).
+  o.resample = false, o.eps_min = 1e-3, o.eps_max = 1.0;
+  NoisedBatch with, without;
+  CounterRng r1(9, {1}), r2(9, {1});
+  o.count_bos = true;
+  const auto few = std::span<const int32_t>(x0).first(size_t(64) * L);
+  draw_noised_batch(few, 64, L, Bp, 21, noise::LogLinear{}, o, r1, with);
+  o.count_bos = false;
+  draw_noised_batch(few, 64, L, Bp, 21, noise::LogLinear{}, o, r2, without);
+  CHECK(with.xt == without.xt);
 }

@@ -29,7 +29,7 @@ using bd3::train::loss_and_gradient;
 namespace {
 
 template <class Attention>
-using FixtureModel = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, Attention, float>;
+using FixtureModel = BlockDiffusionModel<BlockSize<dynamic>, Attention, float>;
 
 struct TrainCase {
   std::vector<int32_t> xt, x0;
@@ -112,7 +112,7 @@ TEST_CASE("a backend without a backward samples and evaluates, and cannot train"
 
 namespace {
 
-using CubicModel = BlockDiffusionModel<BlockSize<dynamic>, CubicNoise, BlockSparseAttention>;
+using ByteModel = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention>;
 
 ModelConfig tiny_byte_config(int L, int block) {
   auto tok = text::Tokenizer::bytes();
@@ -141,11 +141,11 @@ text::Corpus repeated_corpus(const text::Tokenizer& tok, int L) {
 TEST_CASE("a noise schedule of one's own masks by its p(t) and weighs by its w(t)",
           "[extending][noise]") {
   const int L = 32, block = 4, batch = 256;
-  CubicModel model(tiny_byte_config(L, block));
+  ByteModel model(tiny_byte_config(L, block));
   std::vector<int32_t> x0(size_t(batch) * L, 7);
   CounterRng rng(3, {1});
   NoisedBatch nb;
-  draw_noised_batch(x0, batch, L, block, model.config().mask_index, model.noise(),
+  draw_noised_batch(x0, batch, L, block, model.config().mask_index, CubicNoise{},
                     EstimatorOptions{}, rng, nb);
   // Masked count against its expectation under p(t) = t^3 and under log-linear's p(t) = t.
   double masked = 0, cubic = 0, cubic_var = 0, loglinear = 0;
@@ -173,11 +173,12 @@ TEST_CASE("a noise schedule of one's own trains, evaluates, samples, and names i
   const int L = 32;
   auto tok = text::Tokenizer::bytes();
   auto corpus = repeated_corpus(tok, L);
-  CubicModel model(tiny_byte_config(L, 4));
+  ByteModel model(tiny_byte_config(L, 4));
   train::init_model(model, 0);
   train::TrainOptions o;
   o.batch = 4, o.steps = 30, o.seed = 2, o.adamw.lr = 3e-3, o.warmup = 5, o.ema = 0;
-  train::Trainer<CubicModel> trainer(std::move(model), o, corpus);
+  train::Trainer trainer(std::move(model), CubicNoise{}, o, corpus);
+  static_assert(std::is_same_v<decltype(trainer)::noise_type, CubicNoise>);
   double first = 0, last = 0;
   for (int s = 0; s < 30; ++s) {
     const auto r = trainer.train_step();
@@ -188,7 +189,7 @@ TEST_CASE("a noise schedule of one's own trains, evaluates, samples, and names i
   CHECK(last < first);
   CHECK(trainer.options().noise == "cubic");
 
-  // The checkpoint records the schedule; it resumes only into a model of that schedule,
+  // The checkpoint records the schedule; it resumes only into a trainer of that schedule,
   // and a program that does not know the name says so.
   const auto dir =
       std::filesystem::temp_directory_path() / ("bd3_test_extending_" + std::to_string(::getpid()));
@@ -196,20 +197,21 @@ TEST_CASE("a noise schedule of one's own trains, evaluates, samples, and names i
   trainer.save(dir, &tok);
   const auto ck = train::load_training_checkpoint(dir);
   CHECK(ck.state.options.noise == "cubic");
-  CHECK_NOTHROW(train::Trainer<CubicModel>(CubicModel(ck.config), ck, corpus));
-  using RuntimeModel = BlockDiffusionModel<BlockSize<dynamic>, RuntimeNoise, BlockSparseAttention>;
-  CHECK_THROWS_AS(train::Trainer<RuntimeModel>(RuntimeModel(ck.config), ck, corpus), Error);
+  CHECK_NOTHROW(train::Trainer<ByteModel, CubicNoise>(ByteModel(ck.config), ck, corpus));
+  CHECK_THROWS_WITH(train::Trainer<ByteModel>(ByteModel(ck.config), ck, corpus),
+                    Catch::Contains("trained with the noise schedule 'cubic' but the trainer's "
+                                    "schedule is 'loglinear'"));
   CHECK_THROWS_WITH(RuntimeNoise(ck.state.options.noise),
                     Catch::Contains("unknown noise schedule 'cubic'"));
   std::filesystem::remove_all(dir);
 
-  // Evaluation draws its masks from the model's schedule.
+  // Evaluation draws its masks from the schedule it is given.
   std::vector<int32_t> val(size_t(4) * L);
   std::vector<int64_t> idx{0, 1, 2, 3};
   corpus.batch(text::Split::validation, idx, val);
   const auto& m = trainer.model();
   CounterRng r1(9, {4}), r2(9, {4});
-  const auto est = estimate_nelbo(m, val, 4, EstimatorOptions{}, r1);
+  const auto est = estimate_nelbo(m, CubicNoise{}, val, 4, EstimatorOptions{}, r1);
   NoisedBatch nb;
   draw_noised_batch(val, 4, L, 4, m.config().mask_index, CubicNoise{}, EstimatorOptions{}, r2, nb);
   TrainActivations<float> act;
@@ -217,19 +219,18 @@ TEST_CASE("a noise schedule of one's own trains, evaluates, samples, and names i
   CHECK(est.loss_sum == manual.loss_sum);
   CHECK(std::isfinite(est.loss_sum / double(est.tokens)));
 
-  // DDPM sampling reveals tokens at the rate p(s) / p(t) of the model's schedule: the same
-  // weights under log-linear draw another sample from the same seed.
+  // DDPM sampling reveals tokens at the rate p(s) / p(t) of the sampler's schedule: the
+  // same model under log-linear draws another sample from the same seed.
   sample::SamplerOptions so;
   so.method = sample::Method::ddpm, so.steps = 4, so.length = 4 * L, so.seed = 5;
-  sample::Sampler<CubicModel> cubic_sampler(m, so);
+  sample::Sampler cubic_sampler(m, so, CubicNoise{});
   const auto mine = cubic_sampler.generate();
   REQUIRE(mine.size() == 1);
   CHECK(mine[0].ids.size() == size_t(4 * L));
-  FixtureModel<BlockSparseAttention> same_weights(m.config());
-  std::copy(m.parameters().begin(), m.parameters().end(), same_weights.parameters().begin());
-  same_weights.parameters_changed();
-  sample::Sampler<FixtureModel<BlockSparseAttention>> loglinear_sampler(same_weights, so);
+  sample::Sampler loglinear_sampler(m, so);
   CHECK(loglinear_sampler.generate()[0].ids != mine[0].ids);
+  // And the same schedule twice draws the same sample.
+  CHECK(sample::Sampler(m, so, CubicNoise{}).generate()[0].ids == mine[0].ids);
   omp_set_num_threads(saved_threads);
 }
 
@@ -287,4 +288,21 @@ TEST_CASE("docs/extending.md shows the files this test compiles", "[extending][d
     ++shown;
   }
   CHECK(shown == 2);
+}
+
+TEST_CASE("a fixed block size is stated once: the config follows the type", "[extending][block]") {
+  ModelConfig c = tiny_byte_config(32, 4);
+  c.block_size = 0;  // not stated: the type's
+  const BlockDiffusionModel<BlockSize<8>, BlockSparseAttention> fixed(c);
+  CHECK(fixed.block_size() == 8);
+  CHECK(fixed.config().block_size == 8);
+  c.block_size = 8;  // stated again, the same: accepted
+  CHECK(BlockDiffusionModel<BlockSize<8>, BlockSparseAttention>(c).config().block_size == 8);
+  c.block_size = 4;  // a checkpoint of another block size
+  CHECK_THROWS_WITH((BlockDiffusionModel<BlockSize<8>, BlockSparseAttention>(c)),
+                    "block size 4 does not match the model type's BlockSize<8>");
+  c.block_size = 0;  // a run-time block size must be stated
+  CHECK_THROWS_WITH(ByteModel(c), Catch::Contains("config.block_size is not set"));
+  c.block_size = 16;
+  CHECK(ByteModel(c).config().block_size == 16);
 }

@@ -13,7 +13,7 @@ namespace {
 
 template <class Attention>
 void check_fixture(const std::string& name) {
-  using Model = BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, Attention, float>;
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, Attention, float>;
   INFO("fixture " << name << ", backend " << Attention::name);
   auto model = test::load_fixture_model<Model>(name);
   auto cases = fixture_cases(name);
@@ -76,8 +76,7 @@ TEST_CASE("parity with the official code: block size = length (MDLM)", "[parity]
 
 TEST_CASE("KV-cached decode equals the full forward under the banded mask", "[parity][kv]") {
   for (std::string name : {"b4", "b1", "b16_full"}) {
-    using Model =
-        BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
+    using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, double>;
     INFO("fixture " << name);
     auto model = test::load_fixture_model<Model>(name);
     const auto& cfg = model.config();
@@ -110,8 +109,7 @@ TEST_CASE("KV-cached decode equals the full forward under the banded mask", "[pa
 
 TEST_CASE("fused commit equals commit then decode", "[kv][fused]") {
   for (std::string name : {"b4", "b1", "b16_full"}) {
-    using Model =
-        BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, double>;
+    using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, double>;
     INFO("fixture " << name);
     auto model = test::load_fixture_model<Model>(name);
     auto cases = fixture_cases(name);

@@ -28,8 +28,8 @@ using namespace bd3::sample;
 
 namespace {
 
-template <class Noise = noise::LogLinear, class Scalar = float>
-using Model = BlockDiffusionModel<BlockSize<dynamic>, Noise, BlockSparseAttention, Scalar>;
+template <class Scalar = float>
+using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, Scalar>;
 
 ModelConfig tiny_config(int V, int L, int Bp, int D = 16, int layers = 2, int heads = 2) {
   ModelConfig c;
@@ -49,9 +49,9 @@ M random_model(const ModelConfig& c, uint64_t seed, double scale) {
   return m;
 }
 
-template <class M>
-std::vector<SampleResult> run(const M& m, SamplerOptions o) {
-  Sampler<M> s(m, std::move(o));
+template <class M, class Noise = noise::LogLinear>
+std::vector<SampleResult> run(const M& m, SamplerOptions o, Noise noise = {}) {
+  Sampler<M, Noise> s(m, std::move(o), noise);
   return s.generate();
 }
 
@@ -324,7 +324,7 @@ TEST_CASE("first-hitting and DDPM sample exactly their distributions", "[sample]
   // Vocabulary {0, 1, 2} + MASK, block size 2, length 4: [BOS x1 | x2 x3], 27 outcomes.
   const auto cfg = tiny_config(4, 4, 2, 8, 1, 2);
   auto check = [&](const auto& model, SamplerOptions o,
-                   const std::map<std::vector<int32_t>, double>& prob) {
+                   const std::map<std::vector<int32_t>, double>& prob, auto noise) {
     double total = 0;
     for (auto& [k, p] : prob) total += p;
     REQUIRE(total == Approx(1.0).margin(1e-9));
@@ -334,7 +334,7 @@ TEST_CASE("first-hitting and DDPM sample exactly their distributions", "[sample]
     // costs more than this tiny model's work on a loaded machine.
     const int threads = omp_get_max_threads();
     omp_set_num_threads(1);
-    auto results = run(model, o);
+    auto results = run(model, o, noise);
     omp_set_num_threads(threads);
     std::map<std::vector<int32_t>, int> counts;
     for (auto& r : results) {
@@ -363,19 +363,19 @@ TEST_CASE("first-hitting and DDPM sample exactly their distributions", "[sample]
     }
     SamplerOptions o;
     o.seed = 1;
-    check(model, o, prob);
+    check(model, o, prob, noise::LogLinear{});
   }
 
   // DDPM: a Markov chain over the block's states; each step keeps a masked position MASK
   // with probability p(s)/p(t), else draws it from p_x0 of the current state.
-  auto ddpm_law = [&](const auto& model, int T) {
+  auto ddpm_law = [&](const auto& model, const auto& noise, int T) {
     std::map<std::vector<int32_t>, double> prob;
     const auto q1 = p_x0(model, {0, M, M, M}, 1);
     for (int32_t a = 0; a < 3; ++a) {
       std::map<std::array<int32_t, 2>, double> state{{{M, M}, 1.0}};
       for (int i = 0; i < T; ++i) {
         const double t = 1.0 - double(i) / T, s = t - 1.0 / T;
-        const double stay = i == T - 1 ? 0.0 : model.noise().p(s) / model.noise().p(t);
+        const double stay = i == T - 1 ? 0.0 : noise.p(s) / noise.p(t);
         std::map<std::array<int32_t, 2>, double> next;
         for (auto& [st, w] : state) {
           const auto q2 = p_x0(model, {0, a, st[0], st[1]}, 2),
@@ -405,13 +405,13 @@ TEST_CASE("first-hitting and DDPM sample exactly their distributions", "[sample]
     auto model = random_model<Model<>>(cfg, 22, 0.8);
     SamplerOptions o;
     o.method = Method::ddpm, o.steps = 3, o.seed = 2;
-    check(model, o, ddpm_law(model, 3));
+    check(model, o, ddpm_law(model, noise::LogLinear{}, 3), noise::LogLinear{});
   }
   SECTION("ddpm, cosine schedule, T = 2") {
-    auto model = random_model<Model<noise::Cosine>>(cfg, 23, 0.8);
+    auto model = random_model<Model<>>(cfg, 23, 0.8);
     SamplerOptions o;
     o.method = Method::ddpm, o.steps = 2, o.seed = 3;
-    check(model, o, ddpm_law(model, 2));
+    check(model, o, ddpm_law(model, noise::Cosine{}, 2), noise::Cosine{});
   }
 }
 

@@ -24,8 +24,7 @@ using bd3::train::TrainScratch;
 
 namespace {
 
-using Model =
-    BlockDiffusionModel<BlockSize<dynamic>, noise::LogLinear, BlockSparseAttention, float>;
+using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, float>;
 
 // One layer of hidden 128 on 2 x 128 tokens: the [xt, x0] pass has N = 512 rows, so
 // N*D = 65536 > 32768, N*in*out = 8.4M > 4M, and the 200k parameters exceed 65536.
@@ -118,7 +117,8 @@ std::vector<float> decode(const ModelConfig& c, uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("a training step gives the same bits from run to run with 3 threads", "[threads][train]") {
+TEST_CASE("a training step gives the same bits from run to run with 3 threads",
+          "[threads][train]") {
   // Every reduction over rows or query tiles sums per thread and combines in thread order,
   // so nothing depends on which thread finishes first (a run resumed from a checkpoint
   // repeats the uninterrupted one at the same thread count).

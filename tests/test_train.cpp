@@ -8,8 +8,8 @@
 #include <bd3/train/trainer.hpp>
 #include <bd3/train/trainer_state.hpp>
 
-#include <catch2/catch.hpp>
 #include <omp.h>
+#include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstring>
@@ -23,10 +23,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using Model = BlockDiffusionModel<BlockSize<dynamic>, RuntimeNoise, BlockSparseAttention, float>;
+using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, float>;
 
 fs::path fresh_dir(const std::string& name) {
-  auto d = fs::temp_directory_path() / ("bd3_test_train_" + name + "_" + std::to_string(::getpid()));
+  auto d =
+      fs::temp_directory_path() / ("bd3_test_train_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(d);
   fs::create_directories(d);
   return d;
@@ -48,7 +49,8 @@ text::Corpus make_corpus(const text::Tokenizer& tok, int L, double val_fraction 
   return text::Corpus::from_texts(tok, views, o);
 }
 
-ModelConfig small_config(const text::Tokenizer& tok, int L, int block, int hidden = 32, int layers = 2) {
+ModelConfig small_config(const text::Tokenizer& tok, int L, int block, int hidden = 32,
+                         int layers = 2) {
   ModelConfig c;
   c.block_size = block, c.model_length = L;
   c.vocab_size = tok.model_vocab_size(), c.mask_index = tok.mask_id();
@@ -112,12 +114,18 @@ TEST_CASE("learning-rate schedule values", "[optim]") {
   LrSchedule cos{1.0, 10, LrShape::cosine, 110, 0.1};
   CHECK(cos.at(0) == Approx(0.1));
   CHECK(cos.at(10) == Approx(1.0));
-  CHECK(cos.at(60) == Approx(0.55));   // half-way: (1 + 0.1) / 2
+  CHECK(cos.at(60) == Approx(0.55));  // half-way: (1 + 0.1) / 2
   CHECK(cos.at(35) == Approx(0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * 0.25))));
   CHECK(cos.at(110) == Approx(0.1));
   CHECK(cos.at(500) == Approx(0.1));
   LrSchedule none{2e-3, 0, LrShape::constant, 5, 0};
   CHECK(none.at(0) == 2e-3);
+  // The official count (LambdaLR over constant_schedule_with_warmup): step / warmup.
+  LrSchedule official{1.0, 10, LrShape::constant, 110, 0.0, /*warmup_from_zero=*/true};
+  CHECK(official.at(0) == 0.0);
+  CHECK(official.at(1) == Approx(0.1));
+  CHECK(official.at(9) == Approx(0.9));
+  CHECK(official.at(10) == 1.0);
 }
 
 TEST_CASE("gradient clipping", "[optim]") {
@@ -176,7 +184,8 @@ TEST_CASE("initialisation as the official code", "[init]") {
   for (const auto& e : lay.entries()) {
     INFO(e.name);
     auto [lo, hi, ms] = stats(e);
-    if (e.name.find("adaLN_modulation") != std::string::npos || e.name.find("output_layer.linear") != std::string::npos) {
+    if (e.name.find("adaLN_modulation") != std::string::npos ||
+        e.name.find("output_layer.linear") != std::string::npos) {
       CHECK(lo == 0.0);
       CHECK(hi == 0.0);
     } else if (e.name.find("norm") != std::string::npos) {
@@ -185,13 +194,15 @@ TEST_CASE("initialisation as the official code", "[init]") {
     } else {
       const double fan_in = e.shape.size() == 2 ? double(e.shape[1])
                             : e.name.find("sigma_map.mlp.0") != std::string::npos ? 256.0
-                            : e.name.find("sigma_map.mlp.2") != std::string::npos ? double(c.cond_dim)
+                            : e.name.find("sigma_map.mlp.2") != std::string::npos
+                                ? double(c.cond_dim)
                             : e.name.find("mlp.2") != std::string::npos ? 4.0 * c.hidden_dim
                                                                         : double(c.hidden_dim);
       const double bound = 1.0 / std::sqrt(fan_in);
       CHECK(lo >= -bound);
       CHECK(hi <= bound);
-      if (e.size >= 1000) CHECK(ms == Approx(bound * bound / 3).epsilon(0.1));  // variance of U(-b, b)
+      if (e.size >= 1000)
+        CHECK(ms == Approx(bound * bound / 3).epsilon(0.1));  // variance of U(-b, b)
     }
   }
   // Deterministic per seed.
@@ -229,7 +240,7 @@ TEST_CASE("the loss goes down on a small repeated corpus", "[train]") {
     double s = 0;
     for (int d = 0; d < 8; ++d) {
       CounterRng rng(5, {uint64_t(d)});
-      auto t = estimate_nelbo(trainer.model(), val, 8, EstimatorOptions{}, rng);
+      auto t = estimate_nelbo(trainer.model(), trainer.noise(), val, 8, EstimatorOptions{}, rng);
       s += t.loss_sum / double(t.tokens);
     }
     return s / 8;
@@ -243,7 +254,8 @@ TEST_CASE("the loss goes down on a small repeated corpus", "[train]") {
     if (s >= 90) last += r.loss / 10;
   }
   const double after = nelbo();
-  INFO("train loss " << first << " -> " << last << ", validation NELBO " << before << " -> " << after);
+  INFO("train loss " << first << " -> " << last << ", validation NELBO " << before << " -> "
+                     << after);
   CHECK(last < 0.75 * first);
   CHECK(after < 0.7 * before);
   CHECK(trainer.step() == 100);
@@ -264,16 +276,16 @@ TEST_CASE("a resumed run is bit-identical to an uninterrupted one", "[train][res
   auto cfg = small_config(tok, L, 4, 32, 1);
   cfg.dropout = o.dropout;
 
-  Model m1(cfg, RuntimeNoise("loglinear"));
+  Model m1(cfg);
   init_model(m1, o.seed);
-  Trainer<Model> straight(std::move(m1), o, corpus);
+  Trainer<Model, RuntimeNoise> straight(std::move(m1), RuntimeNoise("loglinear"), o, corpus);
   while (!straight.done()) straight.train_step();
 
   const auto dir = fresh_dir("resume");
-  Model m2(cfg, RuntimeNoise("loglinear"));
+  Model m2(cfg);
   init_model(m2, o.seed);
   {
-    Trainer<Model> first(std::move(m2), o, corpus);
+    Trainer<Model, RuntimeNoise> first(std::move(m2), RuntimeNoise("loglinear"), o, corpus);
     for (int s = 0; s < 3; ++s) first.train_step();
     first.save(dir, &tok);
   }
@@ -283,8 +295,9 @@ TEST_CASE("a resumed run is bit-identical to an uninterrupted one", "[train][res
   REQUIRE(ck.tokenizer.has_value());
   CHECK(ck.tokenizer->kind() == text::Tokenizer::Kind::bytes);
   CHECK(ck.config.sampling_eps_min == ck.state.interval.eps_min);
-  Model m3(ck.config, RuntimeNoise(ck.state.options.noise));
-  Trainer<Model> resumed(std::move(m3), ck, corpus);
+  Model m3(ck.config);
+  Trainer<Model, RuntimeNoise> resumed(std::move(m3), RuntimeNoise(ck.state.options.noise), ck,
+                                       corpus);
   while (!resumed.done()) resumed.train_step();
 
   CHECK(resumed.step() == 6);
@@ -303,7 +316,8 @@ TEST_CASE("a resumed run is bit-identical to an uninterrupted one", "[train][res
   CHECK(ck2.config.sampling_eps_max == straight.interval().eps_max);
   // Old checkpoints are gone, the pointer and the symlink name the new one.
   int dirs = 0;
-  for (auto& e : fs::directory_iterator(dir)) dirs += e.path().filename().string().starts_with("ckpt-");
+  for (auto& e : fs::directory_iterator(dir))
+    dirs += e.path().filename().string().starts_with("ckpt-");
   CHECK(dirs == 1);
   CHECK(fs::read_symlink(dir / "latest") == checkpoint_name(6));
   CHECK(resolve_checkpoint_dir(dir) == dir / checkpoint_name(6));

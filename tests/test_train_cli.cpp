@@ -297,3 +297,68 @@ TEST_CASE("bd3 train --eval-every: validation NELBOs in metrics.jsonl, equal to 
   CHECK(nlohmann::json::parse(e.out)["nelbo"].dump() == evals[1]["val_nelbo"].dump());
   fs::remove_all(dir);
 }
+
+TEST_CASE("bd3 train --recipe official: the official scripts' settings, each flag overriding",
+          "[cli][train]") {
+  const auto dir = temp_dir("recipe");
+  const auto data = numbered_text(dir);
+  const std::string common =
+      " --block-size 4 --length 32 --layers 1 --hidden 16 --heads 2"
+      " --cond 8 --batch 4 --steps 2 --threads 1 --quiet --data " +
+      data.string();
+  auto options_of = [](const fs::path& out) {
+    std::ifstream in(out / "latest" / "trainer_state.json");
+    REQUIRE(in);
+    return nlohmann::json::parse(in)["options"];
+  };
+  const auto out = dir / "official";
+  const auto r =
+      run("train --recipe official --clip-every 1 --clip-batches 1 --out " + out.string() + common);
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const auto o = options_of(out);
+  CHECK(o["dropout"] == 0.1);
+  CHECK(o["resample"] == true);
+  CHECK(o["resample_count_bos"] == true);
+  CHECK(o["clip_search"] == true);
+  CHECK(o["clip_widths"] == nlohmann::json({0.5, 0.6, 0.7, 0.8, 0.9}));
+  CHECK(o["warmup"] == 2500);
+  CHECK(o["warmup_from_zero"] == true);
+  CHECK(o["lr"] == 3e-4);
+  CHECK(o["ema"] == 0.9999);
+  CHECK(o["grad_clip"] == 1.0);
+  CHECK(o["weight_decay"] == 0.0);
+  const auto lines = read_jsonl(out / "metrics.jsonl");
+  std::vector<double> lrs;
+  for (const auto& j : lines)
+    if (j.contains("lr")) lrs.push_back(j["lr"].get<double>());
+  REQUIRE(lrs.size() == 2);
+  CHECK(lrs[0] == 0.0);  // LambdaLR's step 0
+  CHECK(lrs[1] == Approx(3e-4 / 2500));
+
+  // A flag given wins over the recipe's value.
+  const auto over = dir / "override";
+  REQUIRE(run("train --recipe official --dropout 0 --warmup 10 --no-resample --no-clip-search"
+              " --out " +
+              over.string() + common)
+              .code == 0);
+  const auto p = options_of(over);
+  CHECK(p["dropout"] == 0.0);
+  CHECK(p["warmup"] == 10);
+  CHECK(p["resample"] == false);
+  CHECK(p["clip_search"] == false);
+  CHECK(p["warmup_from_zero"] == true);
+  // The default recipe keeps bd3's counts.
+  const auto plain = dir / "plain";
+  REQUIRE(run("train --out " + plain.string() + common).code == 0);
+  CHECK(options_of(plain)["warmup_from_zero"] == false);
+  CHECK(options_of(plain)["resample_count_bos"] == false);
+  // A resume names the same recipe or none; an unknown recipe is a usage error.
+  const auto bad = run("train --resume --recipe bd3 --out " + out.string() + common);
+  CHECK(bad.code == 2);
+  CHECK(bad.err.find("--recipe differs from the checkpoint's") != std::string::npos);
+  const auto unknown = run("train --recipe paper --out " + (dir / "x").string() + common);
+  CHECK(unknown.code == 2);
+  CHECK(unknown.err.find("--recipe") != std::string::npos);
+  fs::remove_all(dir);
+}

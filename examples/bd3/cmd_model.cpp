@@ -1,7 +1,7 @@
 // bd3 forward | inspect | bench: the core commands over a checkpoint or a preset.
 #include <bd3/bd3.hpp>
-#include <bd3/io/parity_cases.hpp>
 #include <bd3/detail/huge_pages.hpp>
+#include <bd3/io/parity_cases.hpp>
 #include <bd3/kernels/simd.hpp>
 #include <bd3/train/backward.hpp>
 
@@ -58,8 +58,9 @@ int run_forward(const ForwardOptions& o) {
   if (ec) fail_io("cannot create " + o.out + ": " + ec.message());
   nlohmann::json result = nlohmann::json::object();
   if (const auto& tr = cases.train) {
+    const RuntimeNoise noise(recorded_noise(o.model));
     std::vector<double> weight(L);
-    for (int l = 0; l < L; ++l) weight[l] = model.noise().w(tr->t_per_block[l / Bp]);
+    for (int l = 0; l < L; ++l) weight[l] = noise.w(tr->t_per_block[l / Bp]);
     TrainActivations<float> act;
     model.forward_train(tr->xt, tr->x0, 1, act);
     const int64_t shape[2] = {L, V};
@@ -314,7 +315,7 @@ int run_bench(const BenchOptions& o) {
     auto [iters, secs] = time_loop([&] {
       std::fill(grads.begin(), grads.end(), 0.0f);
       train::loss_and_gradient(model, xt, x0, o.batch, weight, std::span<float>(grads), Dropout{},
-                        &scratch);
+                               &scratch);
     });
     // Model FLOPs: backward = 2 x forward, the usual convention for MFU.
     const double forward_flops =

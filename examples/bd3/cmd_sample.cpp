@@ -182,7 +182,7 @@ int run_sample(const SampleArgs& a) {
   check_memory(sampling_bytes(config, a.batch, planned, storage),
                fmt::format("sampling --batch {} x {} tokens", a.batch, planned));
   auto ck = load_checkpoint(dir);
-  CliModel model(ck.config, noise);
+  CliModel model(ck.config);
   std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());
   model.parameters_changed();
   ck.parameters = {};
@@ -264,7 +264,7 @@ int run_sample(const SampleArgs& a) {
     progress.update(done_total, "tokens");
   };
   if (stream) out.start(prefix);
-  sample::Sampler<CliModel> sampler(model, o);
+  sample::Sampler<CliModel, RuntimeNoise> sampler(model, o, noise);
   const auto results = sampler.generate();
   progress.clear();
   if (stream) out.finish(results.at(0).ids);
@@ -343,9 +343,10 @@ const Registrar sample_command([](CLI::App& app) -> Runner {
   a->bos_opt = sub->add_option("--bos", a->bos, "BOS id (default: the tokenizer's, else 0)");
   a->eos_opt = sub->add_option("--eos", a->eos,
                                "EOS id for --var-length (default: the tokenizer's, else BOS)");
-  sub->add_option("--noise", a->noise,
-                  "Noise schedule of the DDPM sampler (default: the one the model was trained with, else "
-                  "loglinear)");
+  sub->add_option(
+      "--noise", a->noise,
+      "Noise schedule of the DDPM sampler (default: the one the model was trained with, else "
+      "loglinear)");
   sub->add_option("--max-retries", a->max_retries,
                   "Redraws of a degenerate fixed-length sample before failing");
   sub->add_flag("--json", a->json,

@@ -40,6 +40,7 @@ namespace text = bd3::text;
 namespace train = bd3::train;
 using bd3::fail;
 using bd3::fail_usage;
+using bd3::RuntimeNoise;
 using bd3::cli::CliModel;
 using Clock = std::chrono::steady_clock;
 
@@ -151,6 +152,16 @@ struct TrainFlags {
   bool no_overlap = false;
   std::string init_from;
   int64_t eval_every = 0, eval_sequences = 256;
+  std::string recipe = "bd3";
+};
+
+// --recipe official: the official scripts' training settings (SPEC "Training recipe"), each
+// the default of its flag, which still overrides it.
+struct OfficialRecipe {
+  static constexpr double dropout = 0.1;
+  static constexpr int64_t warmup = 2500;    // counted as LambdaLR does: step 0 at lr 0
+  static constexpr bool resample = true;     // first block counted over all B' positions
+  static constexpr bool clip_search = true;  // widths 0.5..0.9 (--clip-widths' default)
 };
 
 // Options that define a run; on --resume they must not be given with another value.
@@ -224,6 +235,11 @@ RunPlan plan_run(const TrainFlags& f, CLI::App* cmd, int ranks, Progress& progre
         {"--val-fraction",
          [](auto& o, auto&, auto& f) { return o.val_fraction == f.val_fraction; }},
         {"--resample", [](auto& o, auto&, auto& f) { return o.resample == f.resample; }},
+        {"--recipe",
+         [](auto& o, auto&, auto& f) {
+           return o.warmup_from_zero == (f.recipe == "official") &&
+                  o.resample_count_bos == (f.recipe == "official");
+         }},
     };
     for (const auto& fx : fixed)
       if (given(fx.flag) && !fx.same(opts, config, f))
@@ -286,15 +302,24 @@ RunPlan plan_run(const TrainFlags& f, CLI::App* cmd, int ranks, Progress& progre
   opts.adamw.lr = f.lr;
   opts.adamw.beta1 = f.beta1, opts.adamw.beta2 = f.beta2, opts.adamw.eps = f.adam_eps;
   opts.adamw.weight_decay = f.weight_decay;
-  opts.warmup = f.warmup >= 0 ? f.warmup : std::min<int64_t>(2500, f.steps / 10);
+  // A flag given wins; otherwise the recipe's value (official) or the flag's default.
+  const bool official = f.recipe == "official";
+  auto recipe_or = [&](const char* flag, auto value, auto official_value) {
+    return official && !given(flag) ? official_value : value;
+  };
+  opts.warmup = f.warmup >= 0 ? f.warmup
+                              : recipe_or("--warmup", std::min<int64_t>(2500, f.steps / 10),
+                                          OfficialRecipe::warmup);
+  opts.warmup_from_zero = official;
   opts.lr_shape = f.cosine ? train::LrShape::cosine : train::LrShape::constant;
   opts.min_lr = f.min_lr;
   opts.grad_clip = f.grad_clip;
   opts.ema = f.ema;
-  opts.dropout = f.dropout;
+  opts.dropout = recipe_or("--dropout", f.dropout, OfficialRecipe::dropout);
   opts.interval = {f.eps_min, f.eps_max};
-  opts.resample = f.resample;
-  opts.clip_search = f.clip_search;
+  opts.resample = recipe_or("--resample", f.resample, OfficialRecipe::resample);
+  opts.resample_count_bos = official;
+  opts.clip_search = recipe_or("--clip-search", f.clip_search, OfficialRecipe::clip_search);
   opts.clip_every = f.clip_every;
   opts.clip_batches = f.clip_batches;
   opts.clip.widths = f.clip_widths;
@@ -308,7 +333,7 @@ RunPlan plan_run(const TrainFlags& f, CLI::App* cmd, int ranks, Progress& progre
   config.cond_dim = cond;
   config.vocab_size = tokenizer->model_vocab_size();
   config.mask_index = tokenizer->mask_id();
-  config.dropout = f.dropout;
+  config.dropout = opts.dropout;
   config.sampling_eps_min = f.eps_min, config.sampling_eps_max = f.eps_max;
   try {
     config.validate();
@@ -316,6 +341,154 @@ RunPlan plan_run(const TrainFlags& f, CLI::App* cmd, int ranks, Progress& progre
     fail_usage(e.what());
   }
   return plan;
+}
+
+using CliTrainer = train::Trainer<CliModel, RuntimeNoise>;
+
+// The run's corpus. Rank 0 writes the token cache; the other ranks read it after it (and
+// never write it).
+text::Corpus open_corpus(const TrainFlags& f, const RunPlan& plan, const fs::path& out,
+                         train::ProcessGroup* group, Progress& progress) {
+  const bool root = !group || group->rank() == 0;
+  text::CorpusOptions co;
+  co.model_length = plan.config.model_length;
+  co.val_fraction = plan.opts.val_fraction;
+  co.threads = f.threads;
+  co.cache_path = out / "tokens.cache";
+  co.write_cache = root;
+  const auto t_data = Clock::now();
+  if (!root) group->all_gather({});
+  text::Corpus corpus = text::Corpus::open(*plan.tokenizer, plan.data, co);
+  if (root && group) group->all_gather({});
+  if (plan.ck) {
+    const auto want = plan.ck->state.extra.value("corpus_fingerprint", std::string());
+    if (!want.empty() && want != corpus.fingerprint())
+      fail("--resume: the data differ from the data the checkpoint was trained on");
+  }
+  progress.message(fmt::format(
+      "bd3 train: {} tokens, {} documents, {} training / {} validation sequences of {} ({:.1f}s)",
+      corpus.stream().size(), corpus.documents(), corpus.size(text::Split::train),
+      corpus.size(text::Split::validation), plan.config.model_length,
+      std::chrono::duration<double>(Clock::now() - t_data).count()));
+  return corpus;
+}
+
+// The trainer: resumed from the plan's checkpoint, or a new run from fresh weights or
+// (--init-from) the parent's, with what the checkpoint records of the run in `extra`.
+std::unique_ptr<CliTrainer> make_trainer(const TrainFlags& f, CLI::App* cmd, const RunPlan& plan,
+                                         const text::Corpus& corpus, train::ProcessGroup* group,
+                                         Progress& progress) {
+  const auto& opts = plan.opts;
+  if (plan.ck) {
+    auto trainer = std::make_unique<CliTrainer>(CliModel(plan.ck->config), RuntimeNoise(opts.noise),
+                                                *plan.ck, corpus, group);
+    trainer->set_total_steps(opts.steps);
+    progress.message(
+        fmt::format("bd3 train: resumed {} at step {}", plan.ck->dir.string(), trainer->step()));
+    return trainer;
+  }
+  CliModel model(plan.config);
+  nlohmann::json extra;
+  if (plan.parent) {
+    // Fine-tuning: the parent's weights, fresh optimizer state and schedule.
+    train::init_from_weights(model, plan.parent->config, plan.parent->parameters,
+                             "--init-from " + plan.parent_dir.string());
+    nlohmann::json provenance = {{"dir", fs::absolute(plan.parent_dir).string()},
+                                 {"block_size", plan.parent->config.block_size},
+                                 {"model_length", plan.parent->config.model_length}};
+    const fs::path parent_state = plan.parent_dir / "trainer_state.json";
+    if (fs::exists(parent_state))
+      provenance["step"] =
+          train::TrainerState::from_json(bd3::read_json_file(parent_state), parent_state.string())
+              .step;
+    extra["init_from"] = provenance;
+    progress.message(fmt::format(
+        "bd3 train: starting from the weights of {}{}", plan.parent_dir.string(),
+        provenance.contains("step") ? fmt::format(" (step {})", provenance["step"].get<int64_t>())
+                                    : std::string()));
+  } else {
+    train::init_model(model, opts.seed);
+  }
+  auto trainer =
+      std::make_unique<CliTrainer>(std::move(model), RuntimeNoise(opts.noise), opts, corpus, group);
+  std::vector<std::string> files;
+  for (const auto& d : plan.data) files.push_back(fs::absolute(d).string());
+  extra["data"] = files;
+  extra["corpus_fingerprint"] = corpus.fingerprint();
+  // With --init-from and no --tokenizer, the parent's.
+  extra["tokenizer"] = plan.parent && cmd->get_option("--tokenizer")->count() == 0
+                           ? plan.parent_dir.string()
+                           : f.tokenizer;
+  extra["tokenizer_vocab"] = f.tokenizer_vocab;
+  extra["tokenizer_kind"] = std::string(plan.tokenizer->kind_name());
+  extra["threads"] = f.threads;
+  trainer->state().extra = extra;
+  return trainer;
+}
+
+// metrics.jsonl, one JSON object per line, flushed line by line (rank 0 only: the other
+// ranks hold a closed log that writes nothing). On a resume, the lines after the
+// checkpoint's step go (trim_metrics); a new run starts an empty file.
+class MetricsLog {
+ public:
+  MetricsLog(const fs::path& path, bool open, std::optional<int64_t> resumed_step) : path_(path) {
+    if (!open) return;
+    if (resumed_step)
+      trim_metrics(path_, *resumed_step);
+    else
+      bd3::io::write_file_atomic(path_, "");
+    file_ = std::fopen(path_.c_str(), "a");
+    if (!file_) bd3::fail_io("cannot open " + path_.string());
+  }
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+  ~MetricsLog() {
+    if (file_) std::fclose(file_);
+  }
+  void write(const nlohmann::json& j) {
+    if (!file_) return;
+    const std::string line = j.dump() + "\n";
+    if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0)
+      bd3::fail_io("cannot write " + path_.string());
+  }
+
+ private:
+  fs::path path_;
+  std::FILE* file_ = nullptr;
+};
+
+// The metrics line of a clip search and its stderr message.
+void report_clip_search(const bd3::ClipSearchResult& clip, int64_t step, MetricsLog& metrics,
+                        Progress& progress) {
+  nlohmann::json cands = nlohmann::json::array();
+  for (size_t i = 0; i < clip.candidates.size(); ++i)
+    cands.push_back({{"eps_min", clip.candidates[i].eps_min},
+                     {"eps_max", clip.candidates[i].eps_max},
+                     {"variance", clip.variance[i]},
+                     {"nelbo", clip.nelbo[i]}});
+  const auto best = clip.best_interval();
+  metrics.write({{"step", step},
+                 {"event", "clip_search"},
+                 {"best", {best.eps_min, best.eps_max}},
+                 {"candidates", cands}});
+  progress.message(
+      fmt::format("bd3 train: step {}: clip search chose [{}, {}] (variance {:.4g}; full [1e-3, "
+                  "1]: {:.4g})",
+                  step, best.eps_min, best.eps_max, clip.variance[clip.best], clip.variance[0]));
+}
+
+// The metrics line of a validation and its stderr message.
+void report_validation(const bd3::EvalResult& v, int64_t step, MetricsLog& metrics,
+                       Progress& progress) {
+  metrics.write({{"step", step},
+                 {"event", "eval"},
+                 {"val_nelbo", v.nelbo},
+                 {"val_ppl", v.ppl()},
+                 {"val_standard_error", v.standard_error},
+                 {"val_sequences", v.sequences}});
+  progress.message(
+      fmt::format("bd3 train: step {}: validation NELBO {:.4f} (ppl {:.1f}, {} sequences)", step,
+                  v.nelbo, v.ppl(), v.sequences));
 }
 
 int run_train(const TrainFlags& f, CLI::App* cmd) {
@@ -345,90 +518,17 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   std::optional<train::DirectoryLock> lock;
   if (root) lock.emplace(out);
   Progress progress("bd3 train", f.steps, f.quiet || !root);
-  RunPlan plan = plan_run(f, cmd, ranks, progress);
+  const RunPlan plan = plan_run(f, cmd, ranks, progress);
   const auto& opts = plan.opts;
   const auto& config = plan.config;
-  const auto& tokenizer = plan.tokenizer;
-  const auto& ck = plan.ck;
-  const auto& data = plan.data;
   // Before any model buffer is allocated: a shape or batch that cannot fit is a usage error.
   bd3::cli::check_memory(
       bd3::cli::training_bytes(config, opts.batch) +
           (opts.clip_search ? 4.0 * opts.clip_batches * opts.batch * config.model_length : 0.0),
       fmt::format("training {} layers x hidden {} x --length {} at --batch {}", config.n_blocks,
                   config.hidden_dim, config.model_length, opts.batch));
-
-  // The data.
-  text::CorpusOptions co;
-  co.model_length = config.model_length;
-  co.val_fraction = opts.val_fraction;
-  co.threads = f.threads;
-  co.cache_path = out / "tokens.cache";
-  const auto t_data = Clock::now();
-  const text::Corpus corpus = [&] {
-    // Rank 0 writes the token cache; the other ranks read it after (and never write it).
-    if (!root) group->all_gather({});
-    co.write_cache = root;
-    text::Corpus c = text::Corpus::open(*tokenizer, data, co);
-    if (root && group) group->all_gather({});
-    return c;
-  }();
-  if (ck) {
-    const auto want = ck->state.extra.value("corpus_fingerprint", std::string());
-    if (!want.empty() && want != corpus.fingerprint())
-      fail("--resume: the data differ from the data the checkpoint was trained on");
-  }
-  progress.message(fmt::format(
-      "bd3 train: {} tokens, {} documents, {} training / {} validation sequences of {} ({:.1f}s)",
-      corpus.stream().size(), corpus.documents(), corpus.size(text::Split::train),
-      corpus.size(text::Split::validation), config.model_length,
-      std::chrono::duration<double>(Clock::now() - t_data).count()));
-
-  // The trainer.
-  std::unique_ptr<train::Trainer<CliModel>> trainer;
-  if (ck) {
-    CliModel model(ck->config, bd3::RuntimeNoise(opts.noise));
-    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), *ck, corpus, group);
-    trainer->set_total_steps(opts.steps);
-    progress.message(
-        fmt::format("bd3 train: resumed {} at step {}", ck->dir.string(), trainer->step()));
-  } else {
-    CliModel model(config, bd3::RuntimeNoise(opts.noise));
-    nlohmann::json extra;
-    if (plan.parent) {
-      // Fine-tuning: the parent's weights, fresh optimizer state and schedule.
-      train::init_from_weights(model, plan.parent->config, plan.parent->parameters,
-                               "--init-from " + plan.parent_dir.string());
-      nlohmann::json provenance = {{"dir", fs::absolute(plan.parent_dir).string()},
-                                   {"block_size", plan.parent->config.block_size},
-                                   {"model_length", plan.parent->config.model_length}};
-      if (fs::exists(plan.parent_dir / "trainer_state.json"))
-        provenance["step"] = train::TrainerState::from_json(
-                                 bd3::read_json_file(plan.parent_dir / "trainer_state.json"),
-                                 (plan.parent_dir / "trainer_state.json").string())
-                                 .step;
-      extra["init_from"] = provenance;
-      progress.message(fmt::format(
-          "bd3 train: starting from the weights of {}{}", plan.parent_dir.string(),
-          provenance.contains("step") ? fmt::format(" (step {})", provenance["step"].get<int64_t>())
-                                      : std::string()));
-    } else {
-      train::init_model(model, opts.seed);
-    }
-    trainer = std::make_unique<train::Trainer<CliModel>>(std::move(model), opts, corpus, group);
-    std::vector<std::string> files;
-    for (const auto& d : data) files.push_back(fs::absolute(d).string());
-    extra["data"] = files;
-    extra["corpus_fingerprint"] = corpus.fingerprint();
-    // With --init-from and no --tokenizer, the parent's.
-    extra["tokenizer"] = plan.parent && cmd->get_option("--tokenizer")->count() == 0
-                             ? plan.parent_dir.string()
-                             : f.tokenizer;
-    extra["tokenizer_vocab"] = f.tokenizer_vocab;
-    extra["tokenizer_kind"] = std::string(tokenizer->kind_name());
-    extra["threads"] = f.threads;
-    trainer->state().extra = extra;
-  }
+  const text::Corpus corpus = open_corpus(f, plan, out, group, progress);
+  const std::unique_ptr<CliTrainer> trainer = make_trainer(f, cmd, plan, corpus, group, progress);
   const auto& cfg = trainer->model().config();
   progress.message(fmt::format(
       "bd3 train: model {} parameters (L {}, block {}, {} layers, hidden {}, {} heads, vocab {}), "
@@ -438,28 +538,8 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
       ranks > 1 ? fmt::format(" over {} ranks", ranks) : std::string(), opts.adamw.lr,
       opts.lr_schedule().shape_name(), opts.warmup, opts.noise, trainer->interval().eps_min,
       trainer->interval().eps_max));
-
-  // Metrics (rank 0).
-  const fs::path metrics_path = out / "metrics.jsonl";
-  if (root && ck)
-    trim_metrics(metrics_path, trainer->step());
-  else if (root)
-    bd3::io::write_file_atomic(metrics_path, "");
-  std::FILE* metrics = root ? std::fopen(metrics_path.c_str(), "a") : nullptr;
-  if (root && !metrics) bd3::fail_io("cannot open " + metrics_path.string());
-  struct Closer {
-    std::FILE* f;
-    ~Closer() {
-      if (f) std::fclose(f);
-    }
-  } closer{metrics};
-  auto write_metric = [&](const nlohmann::json& j) {
-    if (!metrics) return;
-    const std::string line = j.dump() + "\n";
-    if (std::fwrite(line.data(), 1, line.size(), metrics) != line.size() ||
-        std::fflush(metrics) != 0)
-      bd3::fail_io("cannot write " + metrics_path.string());
-  };
+  MetricsLog metrics(out / "metrics.jsonl", root,
+                     plan.ck ? std::optional<int64_t>(trainer->step()) : std::nullopt);
 
   g_stop_signal = 0;
   std::signal(SIGINT, on_stop_signal);
@@ -470,7 +550,7 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   double window_seconds = 0, loss_window = 0;
   int window_steps = 0;
   std::string stop_reason = "steps";
-  auto save = [&]() { return root ? trainer->save(out, &*tokenizer) : fs::path(); };
+  auto save = [&]() { return root ? trainer->save(out, &*plan.tokenizer) : fs::path(); };
   while (!trainer->done()) {
     train::StepResult r;
     try {
@@ -485,23 +565,7 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
                                             out.string(), p->current, p->step)
                               : std::string(", and there is no checkpoint yet")));
     }
-    if (r.clip) {
-      nlohmann::json cands = nlohmann::json::array();
-      for (size_t i = 0; i < r.clip->candidates.size(); ++i)
-        cands.push_back({{"eps_min", r.clip->candidates[i].eps_min},
-                         {"eps_max", r.clip->candidates[i].eps_max},
-                         {"variance", r.clip->variance[i]},
-                         {"nelbo", r.clip->nelbo[i]}});
-      const auto best = r.clip->best_interval();
-      write_metric({{"step", r.step},
-                    {"event", "clip_search"},
-                    {"best", {best.eps_min, best.eps_max}},
-                    {"candidates", cands}});
-      progress.message(fmt::format(
-          "bd3 train: step {}: clip search chose [{}, {}] (variance {:.4g}; full [1e-3, 1]: "
-          "{:.4g})",
-          r.step, best.eps_min, best.eps_max, r.clip->variance[r.clip->best], r.clip->variance[0]));
-    }
+    if (r.clip) report_clip_search(*r.clip, r.step, metrics, progress);
     window_tokens += r.tokens, window_seconds += r.seconds, loss_window += r.loss, ++window_steps;
     const int64_t done = trainer->step();
     const double session = std::chrono::duration<double>(Clock::now() - session_start).count();
@@ -517,25 +581,15 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
                              {"eps_min", trainer->interval().eps_min},
                              {"eps_max", trainer->interval().eps_max}};
       if (group) line["reduce_wait_s"] = r.reduce_wait_seconds;
-      write_metric(line);
+      metrics.write(line);
     }
     const double per_step = session / double(std::max<int64_t>(1, done - first_step));
     progress.update(done, fmt::format("loss {:.4f} lr {:.2e} {:.0f} tok/s", r.loss, r.lr, tps),
                     per_step * double(trainer->options().steps - done));
     if (done % f.log_every == 0)
       window_tokens = 0, window_seconds = 0, loss_window = 0, window_steps = 0;
-    if (f.eval_every > 0 && done % f.eval_every == 0) {
-      const auto v = trainer->validate(f.eval_sequences);
-      write_metric({{"step", done},
-                    {"event", "eval"},
-                    {"val_nelbo", v.nelbo},
-                    {"val_ppl", v.ppl()},
-                    {"val_standard_error", v.standard_error},
-                    {"val_sequences", v.sequences}});
-      progress.message(
-          fmt::format("bd3 train: step {}: validation NELBO {:.4f} (ppl {:.1f}, {} sequences)",
-                      done, v.nelbo, v.ppl(), v.sequences));
-    }
+    if (f.eval_every > 0 && done % f.eval_every == 0)
+      report_validation(trainer->validate(f.eval_sequences), done, metrics, progress);
     if (f.checkpoint_every > 0 && done % f.checkpoint_every == 0 && !trainer->done()) save();
     if (f.max_seconds > 0 && session >= f.max_seconds) stop_reason = "max_seconds";
     if (g_stop_signal) stop_reason = g_stop_signal == SIGINT ? "interrupted" : "terminated";
@@ -550,7 +604,8 @@ int run_train(const TrainFlags& f, CLI::App* cmd) {
   progress.finish();
   const auto dir = save();
   const double session = std::chrono::duration<double>(Clock::now() - session_start).count();
-  const int64_t session_tokens = trainer->state().tokens_seen - (ck ? ck->state.tokens_seen : 0);
+  const int64_t session_tokens =
+      trainer->state().tokens_seen - (plan.ck ? plan.ck->state.tokens_seen : 0);
   nlohmann::json summary = {{"step", trainer->step()},
                             {"stopped", stop_reason},
                             {"checkpoint", dir.string()},
@@ -616,7 +671,7 @@ int run_eval(const EvalFlags& f) {
   if (tokenizer.model_vocab_size() != ck.config.vocab_size)
     fail(fmt::format("the tokenizer has {} ids with MASK but the model's vocabulary is {}",
                      tokenizer.model_vocab_size(), ck.config.vocab_size));
-  CliModel model(ck.config, bd3::RuntimeNoise(noise));
+  CliModel model(ck.config);
   std::copy(ck.parameters.begin(), ck.parameters.end(), model.parameters().begin());
   model.parameters_changed();
   bd3::check_estimator_options(eo, ck.config.model_length, ck.config.block_size);
@@ -662,7 +717,7 @@ int run_eval(const EvalFlags& f) {
   };
   bd3::EvalResult r;
   try {
-    r = bd3::evaluate_nelbo(model, corpus, sequences, eval, group);
+    r = bd3::evaluate_nelbo(model, RuntimeNoise(noise), corpus, sequences, eval, group);
   } catch (const bd3::Error& e) {
     if (e.kind() != bd3::ErrorKind::numerical) throw;
     throw bd3::Error(
@@ -729,7 +784,13 @@ bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
                   "stop (with a checkpoint) after this many seconds");
   cmd->add_option("--noise", f->noise, "loglinear | cosine | square | square_root | log")
       ->capture_default_str();
-  cmd->add_flag("--clip-search", f->clip_search,
+  cmd->add_option("--recipe", f->recipe,
+                  "bd3 | official: the official scripts' settings (resample with the first "
+                  "block counted over B' positions, clip search, dropout 0.1, warmup 2500 from "
+                  "lr 0); a flag given overrides its part")
+      ->check(CLI::IsMember({"bd3", "official"}))
+      ->capture_default_str();
+  cmd->add_flag("--clip-search,!--no-clip-search", f->clip_search,
                 "data-driven clipped schedule: search the interval every --clip-every steps");
   cmd->add_option("--clip-every", f->clip_every, "steps between clip searches")
       ->capture_default_str();
@@ -759,7 +820,7 @@ bd3::cli::Registrar train_command([](CLI::App& app) -> bd3::cli::Runner {
       ->capture_default_str();
   cmd->add_option("--eps-max", f->eps_max, "upper end of the noise interval")
       ->capture_default_str();
-  cmd->add_flag("--resample", f->resample,
+  cmd->add_flag("--resample,!--no-resample", f->resample,
                 "redraw masks whose masked fraction is outside the interval (bounded)");
   cmd->add_option("--log-every", f->log_every, "steps between metrics.jsonl lines")
       ->capture_default_str();

@@ -17,7 +17,7 @@
 
 namespace bd3::cli {
 
-using CliModel = BlockDiffusionModel<BlockSize<dynamic>, RuntimeNoise, BlockSparseAttention, float>;
+using CliModel = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, float>;
 
 // Far above any machine's cores; libgomp crashes when asked for ~10^5 threads.
 inline constexpr int kMaxThreads = 1024;

@@ -8,8 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 
-using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::noise::LogLinear,
-                                       bd3::BlockSparseAttention>;
+using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::BlockSparseAttention>;
 
 int main(int argc, char** argv) {
   if (argc != 2) return std::fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]), 2;
@@ -19,6 +18,7 @@ int main(int argc, char** argv) {
   Model model(ck.config);
   std::ranges::copy(ck.parameters, model.parameters().begin());
   model.parameters_changed();  // conditioning and adaLN modulations
+
   model.set_decode_weights(bd3::DecodeWeights::f32_packed);  // optional: faster decode calls
 
   bd3::sample::SamplerOptions options;

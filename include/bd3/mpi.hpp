@@ -6,7 +6,7 @@
 //   bd3::mpi::Session session(&argc, &argv);   // MPI_Init_thread ... MPI_Finalize
 //   bd3::mpi::Group group;                      // the ranks of MPI_COMM_WORLD
 //   bd3::train::Trainer trainer(std::move(model), options, corpus, &group);
-//   bd3::evaluate_nelbo(model, corpus, sequences, eval_options, &group);
+//   bd3::evaluate_nelbo(model, noise, corpus, sequences, eval_options, &group);
 //
 // Only the thread that created the Session calls MPI (MPI_THREAD_FUNNELED): the trainer
 // calls the group between the OpenMP regions of its backward.

@@ -7,8 +7,8 @@
 int main() {
   bd3::ModelConfig c;
   c.vocab_size = 11, c.model_length = 8, c.hidden_dim = 8, c.n_heads = 2, c.cond_dim = 4;
-  c.n_blocks = 1, c.block_size = 2, c.mask_index = 10;
-  bd3::BlockDiffusionModel<bd3::BlockSize<2>, bd3::noise::Cosine, bd3::SimdAttention> model(c);
+  c.n_blocks = 1, c.mask_index = 10;  // block size: the type's
+  bd3::BlockDiffusionModel<bd3::BlockSize<2>, bd3::SimdAttention> model(c);
   std::printf("parameters %lld, SIMD %s\n", static_cast<long long>(model.layout().total()),
               xsimd::default_arch::name());
   // bd3::native carries the machine's SIMD level to the consumer: the kernels must be

@@ -33,6 +33,7 @@ struct ClipSearchOptions {
   double delta = 0.05;
   bool resample = false;
   int max_resample_tries = 100;
+  bool count_bos = false;  // EstimatorOptions::count_bos
 };
 
 inline std::vector<ClipInterval> clip_candidates(const ClipSearchOptions& o, int block_size) {
@@ -43,7 +44,8 @@ inline std::vector<ClipInterval> clip_candidates(const ClipSearchOptions& o, int
   }
   if (!(o.delta > 0.0 && o.delta <= 1.0)) fail_usage("clip search: delta must be in (0, 1]");
   for (double w : o.widths) {
-    if (!(w > 0.0 && w <= 1.0)) fail_usage("clip search: width " + std::to_string(w) + " is not in (0, 1]");
+    if (!(w > 0.0 && w <= 1.0))
+      fail_usage("clip search: width " + std::to_string(w) + " is not in (0, 1]");
     // i = 0, delta, ..., 1 - w: count the offsets in integers to avoid float drift.
     const int n = int(std::floor((1.0 - w) / o.delta + 1e-9));
     for (int k = 0; k <= n; ++k) {
@@ -82,10 +84,11 @@ inline double sample_variance(std::span<const double> v) {
 // Scores every candidate on the validation batches (each [batch, L], concatenated in
 // `batches`, batch sizes in `batch_sizes`). The random numbers of batch j come from
 // CounterRng(seed, {clip_search, stream, j}).
-template <class Model>
-ClipSearchResult clip_search(const Model& model, std::span<const std::vector<int32_t>> batches,
-                             std::span<const int> batch_sizes, const ClipSearchOptions& o, uint64_t seed,
-                             uint64_t stream) {
+template <class Model, NoiseSchedule Noise>
+ClipSearchResult clip_search(const Model& model, const Noise& noise,
+                             std::span<const std::vector<int32_t>> batches,
+                             std::span<const int> batch_sizes, const ClipSearchOptions& o,
+                             uint64_t seed, uint64_t stream) {
   if (batches.size() != batch_sizes.size() || batches.empty())
     fail("clip_search: need at least one validation batch");
   const auto& c = model.config();
@@ -102,13 +105,14 @@ ClipSearchResult clip_search(const Model& model, std::span<const std::vector<int
     EstimatorOptions eo;
     eo.eps_min = r.candidates[ci].eps_min, eo.eps_max = r.candidates[ci].eps_max;
     eo.resample = o.resample, eo.max_resample_tries = o.max_resample_tries;
+    eo.count_bos = o.count_bos;
     // An interval no block can reach is scored without resampling, not an error, here.
     if (eo.resample) eo.resample = detail::fraction_reachable(Bp, eo.eps_min, eo.eps_max);
     double total = 0;
     for (size_t j = 0; j < batches.size(); ++j) {
       const int batch = batch_sizes[j];
       CounterRng rng(seed, {rng_stream::clip_search, stream, uint64_t(j)});
-      draw_noised_batch(batches[j], batch, L, Bp, c.mask_index, model.noise(), eo, rng, nb);
+      draw_noised_batch(batches[j], batch, L, Bp, c.mask_index, noise, eo, rng, nb);
       per_token.assign(size_t(batch) * L, 0.0);
       auto terms = nelbo_of_draw(model, batches[j], nb, act, per_token.data());
       r.nelbo[ci] += terms.loss_sum;

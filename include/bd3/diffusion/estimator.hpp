@@ -24,10 +24,11 @@
 // Randomness comes from CounterRng, a counter-based generator keyed by (seed, stream
 // ids): every draw is a function of its key and position in the stream, never of the
 // thread count, and its whole state is two integers.
-#include <bd3/diffusion/nelbo.hpp>
 #include <bd3/detail/random.hpp>
+#include <bd3/diffusion/nelbo.hpp>
 #include <bd3/error.hpp>
 #include <bd3/model/model.hpp>
+#include <bd3/policies/noise.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -44,7 +45,8 @@ class CounterRng {
  public:
   CounterRng() = default;
   // Key derived from a seed and any number of stream ids (step, micro-batch, purpose...).
-  CounterRng(uint64_t seed, std::initializer_list<uint64_t> stream) : key_(derive_key(seed, stream)) {}
+  CounterRng(uint64_t seed, std::initializer_list<uint64_t> stream)
+      : key_(derive_key(seed, stream)) {}
   static CounterRng from_state(uint64_t key, uint64_t counter) {
     CounterRng r;
     r.key_ = key, r.counter_ = counter;
@@ -103,31 +105,42 @@ struct EstimatorOptions {
   bool shuffle_strata = false;
   bool resample = false;  // bounded mask resampling into [beta, omega]
   int max_resample_tries = 100;
+  // How resampling counts the first block's masked fraction. Off: over its B' - 1 maskable
+  // positions (BOS is never drawn). On, as the official _resample_q_xt: BOS is drawn like
+  // any position, the fraction is over all B' positions, and BOS is put back afterwards,
+  // so the first block's accepted masks follow the official (conditional) law. Changes the
+  // random stream of the first block only, and only when resampling is on.
+  bool count_bos = false;
 };
 
 // One draw of the forward process for a batch.
 struct NoisedBatch {
   int batch = 0, length = 0, block_size = 0;
-  std::vector<int32_t> xt;      // [batch * L]
-  std::vector<double> u;        // [batch * blocks] the stratified uniforms
-  std::vector<double> t;        // [batch * blocks]
-  std::vector<double> weight;   // [batch * L] loss weight of each position's block
-  int64_t resampled_blocks = 0; // blocks whose mask was redrawn at least once
-  int64_t unresolved_blocks = 0;// blocks still outside the interval after the last try
+  std::vector<int32_t> xt;        // [batch * L]
+  std::vector<double> u;          // [batch * blocks] the stratified uniforms
+  std::vector<double> t;          // [batch * blocks]
+  std::vector<double> weight;     // [batch * L] loss weight of each position's block
+  int64_t resampled_blocks = 0;   // blocks whose mask was redrawn at least once
+  int64_t unresolved_blocks = 0;  // blocks still outside the interval after the last try
 
   int blocks_per_sequence() const { return length / block_size; }
 };
 
 namespace detail {
-inline bool has_lower_bound(double beta) { return beta > 1e-3; }
-inline bool has_upper_bound(double omega) { return omega < 1.0; }
+inline bool has_lower_bound(double beta) {
+  return beta > 1e-3;
+}
+inline bool has_upper_bound(double omega) {
+  return omega < 1.0;
+}
 
 // True when some k/n (k = 0..n) lies in the (effective) interval.
 inline bool fraction_reachable(int n, double beta, double omega) {
   if (n <= 0) return true;
   for (int k = 0; k <= n; ++k) {
     const double f = double(k) / n;
-    if ((!has_lower_bound(beta) || f >= beta) && (!has_upper_bound(omega) || f <= omega)) return true;
+    if ((!has_lower_bound(beta) || f >= beta) && (!has_upper_bound(omega) || f <= omega))
+      return true;
   }
   return false;
 }
@@ -144,16 +157,18 @@ inline void check_estimator_options(const EstimatorOptions& o, int length, int b
   if (o.resample) {
     if (o.max_resample_tries < 1) fail_usage("max_resample_tries must be >= 1");
     if (!detail::fraction_reachable(block_size, o.eps_min, o.eps_max))
-      fail_usage("mask resampling: no masked fraction k/" + std::to_string(block_size) + " lies in [" +
-                 std::to_string(o.eps_min) + ", " + std::to_string(o.eps_max) + "] (block size " +
-                 std::to_string(block_size) + "); widen the interval or disable resampling");
+      fail_usage("mask resampling: no masked fraction k/" + std::to_string(block_size) +
+                 " lies in [" + std::to_string(o.eps_min) + ", " + std::to_string(o.eps_max) +
+                 "] (block size " + std::to_string(block_size) +
+                 "); widen the interval or disable resampling");
   }
 }
 
 // Draws t, xt and the weights for x0 [batch, L]. Position 0 of each sequence is BOS.
 template <NoiseSchedule Noise>
-void draw_noised_batch(std::span<const int32_t> x0, int batch, int length, int block_size, int32_t mask_id,
-                       const Noise& noise, const EstimatorOptions& o, CounterRng& rng, NoisedBatch& out) {
+void draw_noised_batch(std::span<const int32_t> x0, int batch, int length, int block_size,
+                       int32_t mask_id, const Noise& noise, const EstimatorOptions& o,
+                       CounterRng& rng, NoisedBatch& out) {
   check_estimator_options(o, length, block_size);
   if (batch < 1 || x0.size() != size_t(batch) * size_t(length))
     fail("draw_noised_batch: x0 must hold batch x length tokens");
@@ -171,7 +186,8 @@ void draw_noised_batch(std::span<const int32_t> x0, int batch, int length, int b
   if (o.antithetic && o.shuffle_strata) {
     stratum.resize(size_t(N));
     for (int64_t i = 0; i < N; ++i) stratum[size_t(i)] = i;
-    for (int64_t i = N - 1; i > 0; --i) std::swap(stratum[size_t(i)], stratum[size_t(rng.next() % uint64_t(i + 1))]);
+    for (int64_t i = N - 1; i > 0; --i)
+      std::swap(stratum[size_t(i)], stratum[size_t(rng.next() % uint64_t(i + 1))]);
   }
   for (int64_t i = 0; i < N; ++i) {
     const double r = rng.uniform();
@@ -184,7 +200,8 @@ void draw_noised_batch(std::span<const int32_t> x0, int batch, int length, int b
   const bool all_masked = block_size == 1 && o.eps_min >= 1.0;
   const bool resample = o.resample && !(o.eps_min == 1e-3 && o.eps_max == 1.0) && !all_masked;
   const bool lo = detail::has_lower_bound(o.eps_min), hi = detail::has_upper_bound(o.eps_max);
-  const bool resample_first = resample && detail::fraction_reachable(block_size - 1, o.eps_min, o.eps_max);
+  const bool resample_first =
+      resample && (o.count_bos || detail::fraction_reachable(block_size - 1, o.eps_min, o.eps_max));
   for (int b = 0; b < batch; ++b)
     for (int k = 0; k < K; ++k) {
       const double t = out.t[size_t(b) * K + k];
@@ -193,17 +210,20 @@ void draw_noised_batch(std::span<const int32_t> x0, int batch, int length, int b
       const size_t base = size_t(b) * length + size_t(k) * block_size;
       const int first = (k == 0) ? 1 : 0;  // BOS is never masked
       const int maskable = block_size - first;
+      // The count's denominator: with count_bos, BOS is drawn and counted (never written).
+      const bool bos_drawn = first == 1 && o.count_bos && resample;
+      const int counted = bos_drawn ? block_size : maskable;
       for (int j = 0; j < block_size; ++j) out.weight[base + j] = w;
       if (maskable == 0) continue;
       for (int attempt = 0;; ++attempt) {
-        int masked = 0;
+        int masked = bos_drawn && rng.uniform() < p ? 1 : 0;
         for (int j = first; j < block_size; ++j) {
           const bool m = all_masked || rng.uniform() < p;
           out.xt[base + j] = m ? mask_id : x0[base + j];
           masked += m;
         }
         if (!resample || (k == 0 && !resample_first)) break;
-        const double f = double(masked) / maskable;
+        const double f = double(masked) / counted;
         const bool ok = (!lo || f >= o.eps_min) && (!hi || f <= o.eps_max);
         if (ok) break;
         if (attempt == 0) ++out.resampled_blocks;
@@ -224,21 +244,23 @@ struct NelboDraw {
 // Forward pass of `model` on one noised batch; the SUBS NELBO terms.
 template <class Model>
 NelboTerms nelbo_of_draw(const Model& model, std::span<const int32_t> x0, const NoisedBatch& nb,
-                         TrainActivations<typename Model::scalar_type>& act, double* per_token = nullptr) {
+                         TrainActivations<typename Model::scalar_type>& act,
+                         double* per_token = nullptr) {
   using T = typename Model::scalar_type;
   const auto& c = model.config();
   model.forward_train(nb.xt, x0, nb.batch, act, false);
-  return subs_nelbo<T>(std::span<const T>(act.logits), nb.xt, x0, nb.weight, c.model_length, c.vocab_size,
-                       c.mask_index, per_token);
+  return subs_nelbo<T>(std::span<const T>(act.logits), nb.xt, x0, nb.weight, c.model_length,
+                       c.vocab_size, c.mask_index, per_token);
 }
 
-// Draws a noised batch with the model's noise schedule and evaluates it.
-template <class Model>
-NelboTerms estimate_nelbo(const Model& model, std::span<const int32_t> x0, int batch, const EstimatorOptions& o,
-                          CounterRng& rng, std::vector<double>* per_token = nullptr) {
+// Draws a noised batch with the noise schedule `noise` and evaluates it.
+template <class Model, NoiseSchedule Noise>
+NelboTerms estimate_nelbo(const Model& model, const Noise& noise, std::span<const int32_t> x0,
+                          int batch, const EstimatorOptions& o, CounterRng& rng,
+                          std::vector<double>* per_token = nullptr) {
   const auto& c = model.config();
   NoisedBatch nb;
-  draw_noised_batch(x0, batch, c.model_length, model.block_size(), c.mask_index, model.noise(), o, rng, nb);
+  draw_noised_batch(x0, batch, c.model_length, model.block_size(), c.mask_index, noise, o, rng, nb);
   TrainActivations<typename Model::scalar_type> act;
   if (per_token) per_token->assign(x0.size(), 0.0);
   return nelbo_of_draw(model, x0, nb, act, per_token ? per_token->data() : nullptr);

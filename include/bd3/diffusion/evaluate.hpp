@@ -57,10 +57,11 @@ inline std::vector<int64_t> split_sequences(const text::Corpus& corpus, text::Sp
   return out;
 }
 
-// The NELBO of `model` on the corpus sequences `sequences` (global indices); with `group`,
-// a collective call of every rank, each given the same arguments.
-template <class Model>
-EvalResult evaluate_nelbo(const Model& model, const text::Corpus& corpus,
+// The NELBO of `model` (trained with the schedule `noise`) on the corpus sequences
+// `sequences` (global indices); with `group`, a collective call of every rank, each given
+// the same arguments.
+template <class Model, NoiseSchedule Noise>
+EvalResult evaluate_nelbo(const Model& model, const Noise& noise, const text::Corpus& corpus,
                           std::span<const int64_t> sequences, const EvalOptions& o,
                           train::ProcessGroup* group = nullptr) {
   if (o.batch < 1) fail_usage("evaluate_nelbo: batch must be >= 1");
@@ -92,7 +93,7 @@ EvalResult evaluate_nelbo(const Model& model, const text::Corpus& corpus,
       corpus.sequence_at(sequences[size_t(lo + k)],
                          std::span<int32_t>(x0).subspan(size_t(k) * L, L));
     CounterRng rng(o.seed, {rng_stream::eval, uint64_t(s), uint64_t(b)});
-    const auto terms = estimate_nelbo(model, x0, n, o.estimator, rng, &per_token);
+    const auto terms = estimate_nelbo(model, noise, x0, n, o.estimator, rng, &per_token);
     for (int k = 0; k < n; ++k) {
       double sum = 0;
       for (int q = 1; q < L; ++q) sum += per_token[size_t(k) * L + size_t(q)];

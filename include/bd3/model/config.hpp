@@ -11,7 +11,7 @@
 namespace bd3 {
 
 struct ModelConfig {
-  int block_size = 4;    // B'
+  int block_size = 0;    // B'; 0: the model type's BlockSize<N> (model.hpp)
   int vocab_size = 0;    // V, MASK included
   int model_length = 0;  // L, the training context (and the sampling window)
   int hidden_dim = 0;    // D

@@ -31,6 +31,9 @@ class KVCache {
 
   void reset(const ModelConfig& c, int batch) {
     if (batch < 1) fail_usage("KV cache: batch must be >= 1");
+    if (c.block_size == 0)
+      fail_usage("KV cache: config.block_size is not set (build the cache from model.config())");
+    c.validate();
     n_layers_ = c.n_blocks;
     n_heads_ = c.n_heads;
     head_dim_ = c.head_dim();

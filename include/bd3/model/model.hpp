@@ -28,7 +28,6 @@
 #include <bd3/model/parameters.hpp>
 #include <bd3/policies/attention.hpp>
 #include <bd3/policies/block_size.hpp>
-#include <bd3/policies/noise.hpp>
 
 #include <omp.h>
 
@@ -56,8 +55,8 @@ struct TrainActivations {
                                         // kept branch outputs are scaled by 1/(1-p)
 };
 
-template <BlockSizePolicy Block = BlockSize<dynamic>, NoiseSchedule Noise = noise::LogLinear,
-          class Attention = BlockSparseAttention, class Scalar = float>
+template <BlockSizePolicy Block = BlockSize<dynamic>, class Attention = BlockSparseAttention,
+          class Scalar = float>
 class BlockDiffusionModel {
   static_assert(std::is_floating_point_v<Scalar>,
                 "BlockDiffusionModel: Scalar must be float or double");
@@ -69,12 +68,14 @@ class BlockDiffusionModel {
  public:
   using scalar_type = Scalar;
   using block_policy = Block;
-  using noise_type = Noise;
   using attention_type = Attention;
 
-  // A model with all-zero weights of the given shape (load or initialise them next).
-  explicit BlockDiffusionModel(const ModelConfig& config, Noise noise = {})
-      : config_(config), block_(config.block_size), noise_(noise) {
+  // A model with all-zero weights of the given shape (load or initialise them next). The
+  // block size is the type's: config.block_size may be left 0 for BlockSize<N> (it becomes
+  // N; another value is refused) and is required for BlockSize<dynamic>.
+  explicit BlockDiffusionModel(const ModelConfig& config)
+      : config_(config), block_(block_policy_for(config)) {
+    config_.block_size = block_.get();
     config_.validate();
     layout_ = ParameterLayout(config_);
     params_.assign(size_t(layout_.total()), Scalar(0));
@@ -83,7 +84,6 @@ class BlockDiffusionModel {
 
   const ModelConfig& config() const { return config_; }
   const ParameterLayout& layout() const { return layout_; }
-  const Noise& noise() const { return noise_; }
   int block_size() const { return block_.get(); }
   std::span<Scalar> parameters() { return params_; }
   std::span<const Scalar> parameters() const { return params_; }
@@ -406,9 +406,20 @@ class BlockDiffusionModel {
     return x;
   }
 
+  static Block block_policy_for(const ModelConfig& c) {
+    if constexpr (Block::is_dynamic) {
+      if (c.block_size == 0)
+        fail_usage(
+            "config.block_size is not set (a BlockSize<dynamic> model takes it from its "
+            "config)");
+      return Block(c.block_size);
+    } else {
+      return c.block_size == 0 ? Block() : Block(c.block_size);
+    }
+  }
+
   ModelConfig config_;
   Block block_;
-  Noise noise_;
   ParameterLayout layout_;
   // Decode streams all of it every call: huge pages where the system grants them.
   std::vector<Scalar, detail::HugePageAllocator<Scalar>> params_;

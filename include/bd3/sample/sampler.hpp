@@ -8,7 +8,7 @@
 //    t <- t u^(1/#masked) is not kept: the models are not time-conditioned, so t never
 //    reaches the network.
 //  - ddpm: T steps per block, t_i = 1 - i/T, s = t - 1/T; each masked position stays MASK
-//    with probability p(s)/p(t) (the model's noise schedule) and otherwise takes a token
+//    with probability p(s)/p(t) (the noise schedule, Sampler's Noise) and otherwise takes a token
 //    from p_x0; the last step (s = 0) reveals everything. When a step reveals nothing
 //    the next step reuses p_x0 without a model call.
 //  - threshold (Fast-dLLM-style parallel decoding): each call reveals every masked
@@ -26,6 +26,7 @@
 // revealed (the model sees them as masked context).
 #include <bd3/error.hpp>
 #include <bd3/model/kv_cache.hpp>
+#include <bd3/policies/noise.hpp>
 #include <bd3/sample/distribution.hpp>
 #include <bd3/sample/random.hpp>
 #include <bd3/sample/stopping.hpp>
@@ -127,13 +128,16 @@ struct SamplerStats {
   double seconds = 0;
 };
 
-template <class Model>
+// Noise: the schedule the DDPM sampler follows (the one the model was trained with); the
+// first-hitting and threshold samplers do not use one.
+template <class Model, NoiseSchedule Noise = noise::LogLinear>
 class Sampler {
  public:
   using Scalar = typename Model::scalar_type;
 
   // Keeps a reference to the model: it must outlive the sampler.
-  Sampler(const Model& model, SamplerOptions options) : model_(model), o_(std::move(options)) {
+  Sampler(const Model& model, SamplerOptions options, Noise noise = {})
+      : model_(model), noise_(std::move(noise)), o_(std::move(options)) {
     validate();
   }
 
@@ -352,13 +356,13 @@ class Sampler {
   }
 
   // DDPM, step `step` of T: from t = 1 - step/T to s = t - 1/T each masked position stays
-  // masked with probability p(s) / p(t) of the model's schedule; the last step reveals every
+  // masked with probability p(s) / p(t) of the schedule; the last step reveals every
   // remaining position. A sequence whose block did not change keeps its logits (no call).
   void plan_ddpm(std::vector<Seq>& seqs, int step, const BlockSpan& blk, std::vector<int>& masked,
                  std::vector<Task>& tasks) {
     const int V = model_.config().vocab_size;
     const double t = 1.0 - double(step) / steps_, sm = t - 1.0 / steps_;
-    double stay = step >= steps_ - 1 ? 0.0 : model_.noise().p(sm) / model_.noise().p(t);
+    double stay = step >= steps_ - 1 ? 0.0 : noise_.p(sm) / noise_.p(t);
     stay = std::clamp(std::isfinite(stay) ? stay : 0.0, 0.0, 1.0);
     for (auto& s : seqs) {
       if (!s.active || masked_positions(s, blk, masked) == 0) continue;
@@ -497,6 +501,7 @@ class Sampler {
   }
 
   const Model& model_;
+  Noise noise_;
   SamplerOptions o_;
   Filter filter_;
   int steps_ = 1;

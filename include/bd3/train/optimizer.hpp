@@ -90,12 +90,15 @@ struct LrSchedule {
   LrShape shape = LrShape::constant;
   int64_t total_steps = 0;  // horizon of the cosine decay
   double min_lr = 0.0;      // cosine floor
+  // Counts the warmup as the official code's LambdaLR does (constant_schedule_with_warmup):
+  // step / warmup * lr, so step 0 runs at lr 0 (its AdamW update moves the moments, not the
+  // weights). Off: (step + 1) / warmup * lr, so no step is spent at lr 0.
+  bool warmup_from_zero = false;
 
-  // The learning rate of optimizer step `step` (0-based): (step + 1) / warmup * lr
-  // during the warmup, then lr (constant) or the cosine from lr down to min_lr reached
-  // at total_steps.
+  // The learning rate of optimizer step `step` (0-based): the linear warmup, then lr
+  // (constant) or the cosine from lr down to min_lr reached at total_steps.
   double at(int64_t step) const {
-    if (step < warmup) return lr * double(step + 1) / double(warmup);
+    if (step < warmup) return lr * double(warmup_from_zero ? step : step + 1) / double(warmup);
     if (shape == LrShape::constant) return lr;
     const int64_t span = std::max<int64_t>(1, total_steps - warmup);
     const double progress = std::clamp(double(step - warmup) / double(span), 0.0, 1.0);

@@ -27,6 +27,7 @@
 #include <bd3/diffusion/evaluate.hpp>
 #include <bd3/error.hpp>
 #include <bd3/model/model.hpp>
+#include <bd3/policies/noise.hpp>
 #include <bd3/text/corpus.hpp>
 #include <bd3/text/tokenizer.hpp>
 #include <bd3/train/backward.hpp>
@@ -38,6 +39,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -61,28 +63,38 @@ struct StepResult {
   std::optional<ClipSearchResult> clip;  // when a clip search ran before this step
 };
 
-template <class Model>
+// Trains a Model with the noise schedule Noise (policies/noise.hpp): the schedule draws
+// the training masks and weights, scores the clip search and the validation, and its
+// name() is what checkpoints record (TrainOptions::noise follows it).
+template <class Model, NoiseSchedule Noise = noise::LogLinear>
 class Trainer {
   static_assert(std::is_same_v<typename Model::scalar_type, float>,
                 "Trainer: the model must compute in float");
 
  public:
+  using noise_type = Noise;
+
   // A new run: model already has its config (dropout, sampling interval) and weights
   // (call init_model first for a fresh run). The corpus must outlive the trainer, and so
   // must `group`, when given: this process is then one rank of a data-parallel run
   // (data_parallel.hpp), options.accumulate counts the micro-batches of all ranks, and
   // every rank must be given the same options, weights and data (checked here).
-  Trainer(Model model, const TrainOptions& options, const text::Corpus& corpus,
+  Trainer(Model model, Noise noise, const TrainOptions& options, const text::Corpus& corpus,
           ProcessGroup* group = nullptr)
-      : model_(std::move(model)), options_(options), corpus_(&corpus), group_(group) {
+      : model_(std::move(model)),
+        noise_(std::move(noise)),
+        options_(options),
+        corpus_(&corpus),
+        group_(group) {
     options_.validate();
-    const std::string schedule(model_.noise().name());
+    const std::string schedule(noise_.name());
     if (options_.noise != schedule && options_.noise != TrainOptions{}.noise)
       fail_usage("the training options name the noise schedule '" + options_.noise +
-                 "' but the model's schedule is '" + schedule + "'");
+                 "' but the trainer's schedule is '" + schedule + "'");
     options_.noise = schedule;
     options_.clip.resample = options_.resample;
     options_.clip.max_resample_tries = options_.max_resample_tries;
+    options_.clip.count_bos = options_.resample_count_bos;
     check_corpus();
     const size_t n = model_.parameters().size();
     grads_.assign(n, 0.0f);
@@ -97,13 +109,17 @@ class Trainer {
 
   // Resumes from a checkpoint: weights, moments, EMA, counters, interval. A checkpoint
   // resumes on any number of ranks that divides its options.accumulate.
-  Trainer(Model model, const TrainingCheckpoint& ck, const text::Corpus& corpus,
+  Trainer(Model model, Noise noise, const TrainingCheckpoint& ck, const text::Corpus& corpus,
           ProcessGroup* group = nullptr)
-      : model_(std::move(model)), options_(ck.state.options), corpus_(&corpus), group_(group) {
+      : model_(std::move(model)),
+        noise_(std::move(noise)),
+        options_(ck.state.options),
+        corpus_(&corpus),
+        group_(group) {
     options_.validate();
-    if (options_.noise != model_.noise().name())
+    if (options_.noise != noise_.name())
       fail("the checkpoint was trained with the noise schedule '" + options_.noise +
-           "' but the model's schedule is '" + std::string(model_.noise().name()) + "'");
+           "' but the trainer's schedule is '" + std::string(noise_.name()) + "'");
     check_corpus();
     const size_t n = model_.parameters().size();
     if (ck.weights.size() != n || ck.exp_avg.size() != n || ck.exp_avg_sq.size() != n ||
@@ -123,8 +139,17 @@ class Trainer {
     check_group();
   }
 
+  // The same with a default-constructed schedule (Trainer<Model> trains with log-linear).
+  Trainer(Model model, const TrainOptions& options, const text::Corpus& corpus,
+          ProcessGroup* group = nullptr) requires std::default_initializable<Noise>
+      : Trainer(std::move(model), Noise{}, options, corpus, group) {}
+  Trainer(Model model, const TrainingCheckpoint& ck, const text::Corpus& corpus,
+          ProcessGroup* group = nullptr) requires std::default_initializable<Noise>
+      : Trainer(std::move(model), Noise{}, ck, corpus, group) {}
+
   const Model& model() const { return model_; }
   Model& model() { return model_; }
+  const Noise& noise() const { return noise_; }
   const TrainOptions& options() const { return options_; }
   // Changes the horizon (total steps) of the run, e.g. when resuming with more --steps.
   void set_total_steps(int64_t steps) {
@@ -151,6 +176,7 @@ class Trainer {
     o.eps_min = state_.interval.eps_min, o.eps_max = state_.interval.eps_max;
     o.resample = options_.resample;
     o.max_resample_tries = options_.max_resample_tries;
+    o.count_bos = options_.resample_count_bos;
     return o;
   }
 
@@ -180,8 +206,7 @@ class Trainer {
       batch_at(position + int64_t(micro) * B, x0_);
       CounterRng rng(options_.seed,
                      {rng_stream::train_noise, uint64_t(state_.step), uint64_t(micro)});
-      draw_noised_batch(x0_, B, L, model_.block_size(), c.mask_index, model_.noise(), eo, rng,
-                        noised_);
+      draw_noised_batch(x0_, B, L, model_.block_size(), c.mask_index, noise_, eo, rng, noised_);
       Dropout dropout;
       dropout.p = options_.dropout;
       dropout.seed = CounterRng::derive_key(
@@ -260,7 +285,7 @@ class Trainer {
       sizes.push_back(B);
     }
     const ClipSearchResult r = with_published_weights([&] {
-      return clip_search(model_, std::span<const std::vector<int32_t>>(batches),
+      return clip_search(model_, noise_, std::span<const std::vector<int32_t>>(batches),
                          std::span<const int>(sizes), options_.clip, options_.seed,
                          uint64_t(state_.step));
     });
@@ -281,7 +306,8 @@ class Trainer {
     eo.batch = options_.batch;
     eo.seed = options_.seed;
     return with_published_weights([&] {
-      return evaluate_nelbo(model_, *corpus_, std::span<const int64_t>(sequences), eo, group_);
+      return evaluate_nelbo(model_, noise_, *corpus_, std::span<const int64_t>(sequences), eo,
+                            group_);
     });
   }
 
@@ -441,7 +467,7 @@ class Trainer {
     const nlohmann::json mine = nlohmann::json::array(
         {nlohmann::json::array({"training options", options_.to_json()}),
          nlohmann::json::array({"model config", model_.config().to_json()}),
-         nlohmann::json::array({"noise schedule", std::string(model_.noise().name())}),
+         nlohmann::json::array({"noise schedule", std::string(noise_.name())}),
          nlohmann::json::array({"data", corpus_->fingerprint()}),
          nlohmann::json::array({"step", state_.step}),
          nlohmann::json::array({"data position", state_.samples_seen}),
@@ -490,6 +516,7 @@ class Trainer {
   }
 
   Model model_;
+  Noise noise_;
   TrainOptions options_;
   const text::Corpus* corpus_;
   TrainerState state_;

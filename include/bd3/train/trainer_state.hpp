@@ -86,9 +86,9 @@ Int json_integer(const nlohmann::json& object, const char* key, const std::strin
 
 // Every hyper-parameter of a run (the model's shape is in ModelConfig).
 struct TrainOptions {
-  // The noise schedule's name. The trainer records the model's own (its schedule type's
-  // name()), so a checkpoint names the schedule that trained it; a different name here
-  // other than the default is refused.
+  // The noise schedule's name. The trainer records its own (its Noise type's name()), so a
+  // checkpoint names the schedule that trained it; another name here than the default or
+  // the trainer's is refused.
   std::string noise = "loglinear";
   int batch = 8;
   int accumulate = 1;    // micro-batches per optimizer step
@@ -96,6 +96,7 @@ struct TrainOptions {
   uint64_t seed = 0;
   AdamWOptions adamw;
   int64_t warmup = 0;
+  bool warmup_from_zero = false;  // LrSchedule::warmup_from_zero (the official count)
   LrShape lr_shape = LrShape::constant;
   double min_lr = 0.0;
   double grad_clip = 1.0;  // <= 0: off
@@ -104,13 +105,16 @@ struct TrainOptions {
   ClipInterval interval{1e-3, 1.0};  // initial training interval [beta, omega]
   bool resample = false;             // bounded mask resampling into the interval
   int max_resample_tries = 100;
+  bool resample_count_bos = false;  // EstimatorOptions::count_bos (the official count)
   bool clip_search = false;
   int64_t clip_every = 500;  // optimizer steps between searches
   int clip_batches = 4;      // validation batches per search
   ClipSearchOptions clip;
   double val_fraction = 0.05;
 
-  LrSchedule lr_schedule() const { return LrSchedule{adamw.lr, warmup, lr_shape, steps, min_lr}; }
+  LrSchedule lr_schedule() const {
+    return LrSchedule{adamw.lr, warmup, lr_shape, steps, min_lr, warmup_from_zero};
+  }
 
   void validate() const {
     if (batch < 1) fail_usage("--batch must be >= 1");
@@ -146,6 +150,7 @@ struct TrainOptions {
             {"adam_eps", adamw.eps},
             {"weight_decay", adamw.weight_decay},
             {"warmup", warmup},
+            {"warmup_from_zero", warmup_from_zero},
             {"lr_schedule", lr_shape == LrShape::constant ? "constant" : "cosine"},
             {"min_lr", min_lr},
             {"grad_clip", grad_clip},
@@ -155,6 +160,7 @@ struct TrainOptions {
             {"eps_max", interval.eps_max},
             {"resample", resample},
             {"max_resample_tries", max_resample_tries},
+            {"resample_count_bos", resample_count_bos},
             {"clip_search", clip_search},
             {"clip_every", clip_every},
             {"clip_batches", clip_batches},
@@ -178,6 +184,9 @@ struct TrainOptions {
       o.adamw.eps = j.at("adam_eps").get<double>();
       o.adamw.weight_decay = j.at("weight_decay").get<double>();
       o.warmup = detail::json_integer<int64_t>(j, "warmup", kWhere);
+      // Absent from checkpoints written before these options existed: off.
+      o.warmup_from_zero = j.value("warmup_from_zero", false);
+      o.resample_count_bos = j.value("resample_count_bos", false);
       const auto shape = j.at("lr_schedule").get<std::string>();
       if (shape != "constant" && shape != "cosine") fail("unknown lr_schedule '" + shape + "'");
       o.lr_shape = shape == "constant" ? LrShape::constant : LrShape::cosine;
@@ -196,6 +205,7 @@ struct TrainOptions {
       o.clip.delta = j.at("clip_delta").get<double>();
       o.clip.resample = o.resample;
       o.clip.max_resample_tries = o.max_resample_tries;
+      o.clip.count_bos = o.resample_count_bos;
       o.val_fraction = j.at("val_fraction").get<double>();
     } catch (const nlohmann::json::exception& e) {
       fail(std::string("trainer_state.json: bad hyper-parameters: ") + e.what());
