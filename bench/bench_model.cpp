@@ -1,12 +1,15 @@
 // Forward (vectorized training pass) and KV-cached decode throughput of the model, per
 // attention backend, on random weights of the "mid" and "small" presets; decode attention
-// alone, decode kernel against tiles.
+// alone, decode kernel against tiles; the training pass's layouts (xt alone at B' = L
+// against [xt, x0]; B' = 1) with and without the backward.
 // Run: build/release/bench_model --benchmark_counters_tabular=true
 #include <bd3/bd3.hpp>
 
 #include <benchmark/benchmark.h>
 
 #include <random>
+#include <span>
+#include <vector>
 
 namespace {
 
@@ -140,7 +143,54 @@ void BM_BlockSizePolicy(benchmark::State& state) {
   }
 }
 
+// The training pass of the `small` preset, batch 1, by its layout (model.hpp, TrainLayout).
+// Arguments: block = the block size (model_length: MDLM, or 1); xt_x0 = 0 for the automatic
+// layout (xt rows alone at B' = L, [xt, x0] otherwise), 1 for [xt, x0] whatever the block
+// size; backward = 0 for the training forward alone (forward_train keeping activations),
+// 1 for one step's forward + backward (train::loss_and_gradient). The same tokens for all
+// (half of the positions masked: the output layer's backward skips unmasked rows).
+void BM_TrainPass(benchmark::State& state) {
+  using Model = bd3::BlockDiffusionModel<bd3::BlockSize<bd3::dynamic>, bd3::BlockSparseAttention>;
+  auto config = preset(true);
+  config.block_size = int(state.range(0));
+  Model model(config);
+  randomize(model);
+  if (state.range(1)) model.set_train_layout(bd3::TrainLayout::xt_x0);
+  const auto& c = model.config();
+  std::mt19937 rng(2);
+  std::vector<int32_t> x0(c.model_length), xt(c.model_length);
+  for (int i = 0; i < c.model_length; ++i) {
+    x0[i] = int32_t(rng() % (c.vocab_size - 1));
+    xt[i] = i > 0 && rng() % 2 ? c.mask_index : x0[i];
+  }
+  const std::vector<double> weight(size_t(c.model_length), 2.0);
+  bd3::train::TrainScratch<float> scratch;
+  // Accumulated over the iterations, never read: zeroing it would be timed too.
+  std::vector<float> grads(size_t(model.layout().total()), 0.0f);
+  for (auto _ : state) {
+    if (state.range(2)) {
+      bd3::train::loss_and_gradient(model, xt, x0, 1, weight, std::span<float>(grads), {},
+                                    &scratch);
+      benchmark::DoNotOptimize(grads.data());
+    } else {
+      model.forward_train(xt, x0, 1, scratch.act, /*keep_for_backward=*/true);
+      benchmark::DoNotOptimize(scratch.act.logits.data());
+    }
+  }
+  state.counters["rows/seq"] = double(model.train_rows_per_sequence());
+  state.counters["tokens/s"] =
+      benchmark::Counter(double(c.model_length), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
+
+// B' = L: the xt-only pass against [xt, x0]; B' = 1 ([xt, x0]) against both.
+BENCHMARK(BM_TrainPass)
+    ->ArgNames({"block", "xt_x0", "backward"})
+    ->ArgsProduct({{1024}, {0, 1}, {0, 1}})
+    ->ArgsProduct({{1}, {1}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 BENCHMARK_TEMPLATE(BM_BlockSizePolicy, bd3::BlockSize<4>, 4)
     ->Arg(0)

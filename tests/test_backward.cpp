@@ -3,7 +3,9 @@
 //    tensor, for the scalar and block-sparse attention backends, with and without dropout;
 //  - the official code's autograd gradients (fixtures' grads.safetensors) for every backend;
 //  - block size 1 with every position masked is the autoregressive NLL;
-//  - the SIMD GELU backward against its scalar twin; dropout masks independent of threads.
+//  - the SIMD GELU backward against its scalar twin; dropout masks independent of threads;
+//  - at B' = L, the xt-only training pass against the [xt, x0] one (logits, loss, every
+//    gradient entry, keep masks), and finite differences of the xt-only gradient.
 #include <catch2/catch.hpp>
 
 #include <bd3/train/backward.hpp>
@@ -377,6 +379,131 @@ TEST_CASE("dropout: masks depend on the seed only, p = 0 changes nothing", "[bac
   CHECK(plain.logits == zero.logits);
   CHECK(plain.arena.layers[0].keep_attn.empty());
   CHECK(a1.logits != plain.logits);
+}
+
+namespace {
+
+// The xt-only pass (automatic layout, B' = L) against the [xt, x0] pass (TrainLayout::xt_x0)
+// of the same weights and batch: logits, loss and every gradient entry, each compared with
+// the largest magnitude of its tensor (relative error returned), and the dropout keep
+// masks of the xt rows bit for bit. `bitwise`: whether logits and gradients are the same
+// bits.
+struct LayoutComparison {
+  double logits = 0, loss = 0, grads = 0;
+  bool bitwise = false;
+};
+
+template <class T, class Attention>
+LayoutComparison compare_train_layouts(ModelConfig cfg, int batch, Dropout dropout, uint64_t seed) {
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, Attention, T>;
+  const int L = cfg.model_length, V = cfg.vocab_size;
+  REQUIRE(cfg.block_size == L);
+  Model fast(cfg), full(cfg);
+  randomize(fast, seed);
+  std::copy(fast.parameters().begin(), fast.parameters().end(), full.parameters().begin());
+  full.parameters_changed();
+  full.set_train_layout(TrainLayout::xt_x0);
+  REQUIRE(fast.train_layout() == TrainLayout::automatic);
+  REQUIRE(fast.train_rows_per_sequence() == L);
+  REQUIRE(full.train_rows_per_sequence() == 2 * L);
+  const auto b = random_batch(cfg, batch, seed + 1);
+  TrainScratch<T> sf, sx;
+  std::vector<T> gf(size_t(fast.layout().total()), T(0)), gx(gf.size(), T(0));
+  const double lf =
+      loss_and_gradient(fast, b.xt, b.x0, batch, b.weight, std::span<T>(gf), dropout, &sf);
+  const double lx =
+      loss_and_gradient(full, b.xt, b.x0, batch, b.weight, std::span<T>(gx), dropout, &sx);
+  REQUIRE(sf.act.rows_per_sequence == L);
+  REQUIRE(sx.act.rows_per_sequence == 2 * L);
+  REQUIRE(sf.act.arena.layout.N == int64_t(batch) * L);
+  LayoutComparison r;
+  r.loss = std::abs(lf - lx) / std::abs(lx);
+  REQUIRE(sf.act.logits.size() == size_t(batch) * L * V);
+  r.logits = test::relative_max_diff(sf.act.logits, sx.act.logits);
+  bool same = sf.act.logits == sx.act.logits;
+  for (const auto& e : fast.layout().entries()) {
+    double diff = 0, scale = 0;
+    for (int64_t i = e.offset; i < e.offset + e.size; ++i) {
+      diff = std::max(diff, std::abs(double(gf[size_t(i)]) - double(gx[size_t(i)])));
+      scale = std::max(scale, std::abs(double(gx[size_t(i)])));
+      same = same && gf[size_t(i)] == gx[size_t(i)];
+    }
+    INFO("tensor " << e.name);
+    CHECK(scale > 0);  // every tensor takes part
+    r.grads = std::max(r.grads, diff / std::max(scale, 1e-300));
+  }
+  r.bitwise = same;
+  // Dropout: xt row (b, i) keeps the elements of row b 2L + i of [xt, x0].
+  for (int l = 0; l < cfg.n_blocks; ++l) {
+    const auto& af = sf.act.arena.layers[size_t(l)];
+    const auto& ax = sx.act.arena.layers[size_t(l)];
+    REQUIRE(af.keep_attn.size() == (dropout.active() ? size_t(batch) * L * cfg.hidden_dim : 0));
+    for (const auto& [kf, kx] :
+         {std::pair{&af.keep_attn, &ax.keep_attn}, std::pair{&af.keep_mlp, &ax.keep_mlp}})
+      for (int s = 0; s < batch && dropout.active(); ++s) {
+        const auto row = size_t(L) * cfg.hidden_dim;
+        CHECK(std::equal(kf->begin() + ptrdiff_t(s * row), kf->begin() + ptrdiff_t((s + 1) * row),
+                         kx->begin() + ptrdiff_t(2 * s * row)));
+      }
+  }
+  return r;
+}
+
+template <class T, class Attention>
+void check_train_layouts(const ModelConfig& cfg, double tol, const char* label) {
+  for (int batch : {1, 2})
+    for (const Dropout dropout : {Dropout{}, Dropout{0.3, 77}}) {
+      INFO(label << ", batch " << batch << ", dropout " << dropout.p);
+      const auto r = compare_train_layouts<T, Attention>(cfg, batch, dropout, 60 + uint64_t(batch));
+      std::printf(
+          "[backward] xt-only vs [xt, x0] at B' = L (%s, batch %d, dropout %.1f): logits %.3g, "
+          "loss %.3g, gradients %.3g (relative); %s\n",
+          label, batch, dropout.p, r.logits, r.loss, r.grads,
+          r.bitwise ? "bit-identical" : "not bit-identical");
+      CHECK(r.logits <= tol);
+      CHECK(r.loss <= tol);
+      CHECK(r.grads <= tol);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("at B' = L the xt-only pass equals the [xt, x0] pass (double)", "[backward][layout]") {
+  check_train_layouts<double, ScalarAttention>(tiny_config(8, 8), 1e-12, "scalar, L 8");
+  check_train_layouts<double, BlockSparseAttention>(tiny_config(8, 8), 1e-12, "block-sparse, L 8");
+  auto wide = tiny_config(96, 96);  // two 64-row query tiles per half
+  wide.hidden_dim = 32, wide.n_heads = 4;
+  check_train_layouts<double, BlockSparseAttention>(wide, 1e-12, "block-sparse, L 96");
+}
+
+TEST_CASE("at B' = L the xt-only pass equals the [xt, x0] pass (float)", "[backward][layout]") {
+  check_train_layouts<float, BlockSparseAttention>(tiny_config(8, 8), 1e-5,
+                                                   "float block-sparse, L 8");
+  check_train_layouts<float, SimdAttention>(tiny_config(8, 8), 1e-5, "float simd, L 8");
+  // GEMMs rather than row kernels, several query tiles, parallel loops over rows.
+  auto wide = tiny_config(160, 160);
+  wide.hidden_dim = 64, wide.n_heads = 4;
+  check_train_layouts<float, BlockSparseAttention>(wide, 1e-5, "float block-sparse, L 160");
+}
+
+TEST_CASE("the xt-only pass at B' = L matches finite differences", "[backward][fd][layout]") {
+  using Model =
+      BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, double>;
+  Model model(tiny_config(8, 8));
+  REQUIRE(model.train_rows_per_sequence() == 8);
+  randomize(model, 71);
+  const auto b = random_batch(model.config(), 2, 72);
+  finite_difference_check(model, b, {}, "xt only, block = L, batch 2");
+  finite_difference_check(model, b, Dropout{0.3, 5}, "xt only, block = L, batch 2, dropout 0.3");
+  // A backward refuses activations of the wrong layout for the model.
+  Model blocks(tiny_config(4, 8));
+  randomize(blocks, 73);
+  TrainActivations<double> act;
+  model.forward_train(b.xt, b.x0, b.batch, act, true);
+  std::vector<double> dlogits(act.logits.size(), 0.0), grads(size_t(blocks.layout().total()), 0.0);
+  CHECK_THROWS_AS(
+      backward(blocks, b.xt, b.x0, act, std::span<const double>(dlogits), std::span<double>(grads)),
+      Error);
 }
 
 namespace {

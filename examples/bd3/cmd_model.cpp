@@ -158,10 +158,11 @@ double linear_flops_per_row(const ModelConfig& c) {
   return 24.0 * double(c.hidden_dim) * c.hidden_dim;
 }
 
-double training_mask_pairs(const ModelConfig& c) {
+// `rows` per sequence: the training forward's (CliModel::train_rows_per_sequence()).
+double training_mask_pairs(const ModelConfig& c, int rows) {
   const TrainingMask mask{c.model_length, c.block_size};
   double pairs = 0;
-  for (int q = 0; q < 2 * c.model_length; ++q) {
+  for (int q = 0; q < rows; ++q) {
     KeyRange r[2];
     int n = mask.key_ranges(q, q + 1, r);
     for (int i = 0; i < n; ++i) pairs += r[i].size();
@@ -190,6 +191,7 @@ int run_bench(const BenchOptions& o) {
   model.set_decode_weights(storage);
   const auto& c = model.config();
   const int L = c.model_length, Bp = c.block_size, D = c.hidden_dim, V = c.vocab_size;
+  const int train_rows = model.train_rows_per_sequence();  // 2L, or L at B' = L
   std::mt19937_64 rng(7);
   std::uniform_int_distribution<int32_t> tok(0, V - 2);
   nlohmann::json out{{"what", o.what},
@@ -217,10 +219,9 @@ int run_bench(const BenchOptions& o) {
     }
     TrainActivations<float> act;
     auto [iters, secs] = time_loop([&] { model.forward_train(xt, x0, o.batch, act); });
-    const double flops =
-        o.batch *
-        (c.n_blocks * (linear_flops_per_row(c) * 2 * L + 4.0 * training_mask_pairs(c) * D) +
-         2.0 * L * D * V);
+    const double flops = o.batch * (c.n_blocks * (linear_flops_per_row(c) * train_rows +
+                                                  4.0 * training_mask_pairs(c, train_rows) * D) +
+                                    2.0 * L * D * V);
     out["seconds"] = secs / iters;
     out["tokens_per_s"] = o.batch * L * iters / secs;
     out["gflops"] = flops * iters / secs / 1e9;
@@ -319,9 +320,9 @@ int run_bench(const BenchOptions& o) {
     });
     // Model FLOPs: backward = 2 x forward, the usual convention for MFU.
     const double forward_flops =
-        o.batch *
-        (c.n_blocks * (linear_flops_per_row(c) * 2 * L + 4.0 * training_mask_pairs(c) * D) +
-         2.0 * L * D * V);
+        o.batch * (c.n_blocks * (linear_flops_per_row(c) * train_rows +
+                                 4.0 * training_mask_pairs(c, train_rows) * D) +
+                   2.0 * L * D * V);
     out["seconds"] = secs / iters;
     out["tokens_per_s"] = o.batch * L * iters / secs;
     out["gflops"] = 3.0 * forward_flops * iters / secs / 1e9;

@@ -1,7 +1,8 @@
 #pragma once
 // Masked multi-head softmax attention, forward: the masks, the argument block and the
-// kernels the attention backends run (policies/attention/*.hpp). Shapes: q [nq, ldq] (head h at columns [h*Dh, (h+1)*Dh)),
-// k, v [nk, ld], out [nq, ldo]; the mask says which keys each query may see.
+// kernels the attention backends run (policies/attention/*.hpp). Shapes: q [nq, ldq] (head h at
+// columns [h*Dh, (h+1)*Dh)), k, v [nk, ld], out [nq, ldo]; the mask says which keys each query may
+// see.
 #include <bd3/kernels/kernels.hpp>
 
 #include <omp.h>
@@ -23,6 +24,8 @@ struct KeyRange {
 };
 
 // The training mask over the 2L sequence [xt, x0] (SPEC "Vectorized training forward").
+// forward_train also applies it, with block_size = length, to the xt rows alone (L rows):
+// there it allows every pair and key_ranges gives the one range [0, L).
 struct TrainingMask {
   int length;      // L
   int block_size;  // B'

@@ -15,19 +15,33 @@
 
 namespace bd3 {
 
+// Row r of a layout of sequences of `rows` rows each, placed in sequences of `stride`
+// rows: row (r / rows) * stride + r % rows (rows = 0: r itself). The training pass uses
+// it both ways: an xt row's place among the activations of either layout, and the row of
+// the [xt, x0] layout whose dropout bits a row draws (model.hpp, train/backward.hpp).
+struct RowMap {
+  int64_t rows = 0, stride = 0;
+  int64_t operator()(int64_t r) const { return rows ? (r / rows) * stride + r % rows : r; }
+};
+
 // Dropout of the two branch outputs (attention projection, MLP output) before their
 // gates, training only. Off by default (p = 0). The keep mask of element (row, column) of
 // branch `branch` (0 attention, 1 MLP) of layer `layer` is a counter-based hash of
-// (seed, layer, branch, row, column): the same for a seed whatever the number of threads.
+// (seed, layer, branch, hash_row(row), column): the same for a seed whatever the number
+// of threads.
 struct Dropout {
   double p = 0.0;  // drop probability in [0, 1)
   uint64_t seed = 0;
+  // The row whose bits a row draws. forward_train sets it (whatever it was) so that both
+  // of its layouts draw the bits of the row's [xt, x0] row: they drop the same elements.
+  RowMap hash_row{};
   bool active() const { return p > 0.0; }
 };
 
 namespace layers {
 
-// keep[r * D + c] = 1 with probability 1 - p for rows [0, N) of one branch.
+// keep[r * D + c] = 1 with probability 1 - p for rows [0, N) of one branch (the bits of
+// row d.hash_row(r)).
 inline void dropout_keep_mask(const Dropout& d, int layer, int branch, int64_t N, int D,
                               uint8_t* keep) {
   using bd3::detail::splitmix64;
@@ -35,9 +49,11 @@ inline void dropout_keep_mask(const Dropout& d, int layer, int branch, int64_t N
       splitmix64(d.seed ^ splitmix64(uint64_t(layer) * 2 + uint64_t(branch) + 1));
   const uint64_t threshold = uint64_t(d.p * 4294967296.0);  // keep iff 32-bit uniform >= p 2^32
 #pragma omp parallel for schedule(static) if (N * D > 32768)
-  for (int64_t r = 0; r < N; ++r)
+  for (int64_t r = 0; r < N; ++r) {
+    const int64_t first = d.hash_row(r) * D;  // the hash counter of the row's column 0
     for (int c = 0; c < D; ++c)
-      keep[r * D + c] = uint8_t((splitmix64(stream + uint64_t(r * D + c)) >> 32) >= threshold);
+      keep[r * D + c] = uint8_t((splitmix64(stream + uint64_t(first + c)) >> 32) >= threshold);
+  }
 }
 
 // x[N, D] += gate * drop(y). With dropout active, draws branch `branch` of layer `layer`'s

@@ -4,7 +4,8 @@
 // adaLN conditioning, the packed decode weights), and runs the one DiT block
 // (layers/dit_block.hpp) in each of its passes:
 //  (a) forward_train: the vectorized training forward over [xt, x0] under the
-//      block-diffusion mask (its backward: train/backward.hpp);
+//      block-diffusion mask (its backward: train/backward.hpp); at B' = L (MDLM) over the
+//      xt rows alone, as the xt rows then see no x0 row (TrainLayout);
 //  (b) forward_block / forward_block_fused / commit_block: the KV-cached decode of one
 //      block, and the commit of a clean block to the cache;
 //  (c) forward_banded: a full forward under the banded block-causal mask (what the cache
@@ -40,12 +41,22 @@
 
 namespace bd3 {
 
+// The rows forward_train runs per sequence.
+//  automatic: the xt rows alone (L) when the block size equals model_length, else
+//             [xt, x0] (2L). With one block the training mask lets an xt row see the xt
+//             rows only (there is no earlier x0 block), so the x0 half would be computed
+//             for nothing: about half of the work. Same logits, loss and gradients (the
+//             tests compare them, with and without dropout).
+//  xt_x0:     [xt, x0] whatever the block size: the SPEC's layout, kept for tests and
+//             benchmarks to compare with.
+enum class TrainLayout { automatic, xt_x0 };
+
 // Everything the training forward produces: logits of the xt half and, when asked, the
 // activations for the backward.
 template <class T>
 struct TrainActivations {
   int batch = 0;
-  int rows_per_sequence = 0;            // 2L
+  int rows_per_sequence = 0;            // 2L ([xt, x0]) or L (xt only); xt rows first
   ActivationArena<T> arena;             // the blocks' activations: one per layer, or
                                         // one reused (inference)
   std::vector<T> x_out;                 // [N, D] residual stream after the last layer
@@ -106,13 +117,25 @@ class BlockDiffusionModel {
   }
   DecodeWeights decode_weights() const { return decode_store_.storage(); }
 
+  // Which rows forward_train runs (TrainLayout; automatic by default). Results are the
+  // same up to rounding.
+  void set_train_layout(TrainLayout layout) { train_layout_ = layout; }
+  TrainLayout train_layout() const { return train_layout_; }
+  // Rows per sequence of forward_train under the current layout: L or 2L.
+  int train_rows_per_sequence() const {
+    const int L = config_.model_length;
+    return train_layout_ == TrainLayout::automatic && block_size() == L ? L : 2 * L;
+  }
+
   // The adaLN conditioning the weights determine (layers/conditioning.hpp).
   const Conditioning<Scalar>& conditioning() const { return conditioning_; }
 
   // (a) Training forward. xt, x0: [batch, L]. Produces act.logits [batch*L, V] (raw
-  // logits of the xt half). keep_for_backward stores every layer's activations.
+  // logits of the xt half). keep_for_backward stores every layer's activations, rows
+  // [xt, x0] or xt alone per sequence (act.rows_per_sequence, train_rows_per_sequence()).
   // dropout (training only, default off) drops branch outputs before the gates; its keep
   // masks are stored in act.arena.layers[l].keep_{attn,mlp} (with keep_for_backward).
+  // Either layout draws, for xt position i of sequence b, the bits of row b 2L + i.
   void forward_train(std::span<const int32_t> xt, std::span<const int32_t> x0, int batch,
                      TrainActivations<Scalar>& act, bool keep_for_backward = false,
                      Dropout dropout = {}) const {
@@ -125,12 +148,14 @@ class BlockDiffusionModel {
            std::to_string(int64_t(batch) * L) + " tokens");
     check_tokens(xt);
     check_tokens(x0);
-    const int rows_seq = 2 * L;
+    const int rows_seq = train_rows_per_sequence();
     const int64_t N = int64_t(batch) * rows_seq;
     act.batch = batch;
     act.rows_per_sequence = rows_seq;
+    dropout.hash_row = RowMap{rows_seq, 2 * L};
     act.dropout = dropout;
-    // Rows per sequence: [xt, x0]; both halves use positions 0..L-1.
+    // Rows per sequence: [xt, x0] or xt alone; both halves use positions 0..L-1. The mask
+    // is the same: on the xt rows alone (B' = L) it allows every pair, one key range.
     std::vector<Scalar> x(size_t(N) * D);
     layers::embedding_forward<Scalar>(
         param(layout_.embedding), D, N,
@@ -146,8 +171,12 @@ class BlockDiffusionModel {
       dit_block_forward<Scalar>(block_weights(l), D, config_.n_heads, x, N,
                                 act.arena.layers[keep_for_backward ? l : 0], pass, dropout, l);
     act.x_out = x;
-    // Output layer on the xt rows only.
+    // Output layer on the xt rows only (all of them in the xt-only layout).
     const int64_t Nxt = int64_t(batch) * L;
+    if (rows_seq == L) {
+      output(x.data(), Nxt, act.output, act.logits, false);
+      return;
+    }
     std::vector<Scalar> xt_rows(size_t(Nxt) * D);
     for (int b = 0; b < batch; ++b)
       std::copy(x.begin() + int64_t(b) * rows_seq * D, x.begin() + (int64_t(b) * rows_seq + L) * D,
@@ -225,9 +254,9 @@ class BlockDiffusionModel {
   }
 
  private:
-  // The pass of many-row forwards over whole sequences (training over [xt, x0], the
-  // banded reference): linear layers as GEMMs on the parameters, attention over the rows
-  // of each sequence under `mask`, row r at rotary position r % period.
+  // The pass of many-row forwards over whole sequences (training over [xt, x0] or xt
+  // alone, the banded reference): linear layers as GEMMs on the parameters, attention
+  // over the rows of each sequence under `mask`, row r at rotary position r % period.
   template <class Mask>
   struct SequencePass {
     static constexpr bool keep_input = true, keep_pre = true;
@@ -420,6 +449,7 @@ class BlockDiffusionModel {
 
   ModelConfig config_;
   Block block_;
+  TrainLayout train_layout_ = TrainLayout::automatic;
   ParameterLayout layout_;
   // Decode streams all of it every call: huge pages where the system grants them.
   std::vector<Scalar, detail::HugePageAllocator<Scalar>> params_;

@@ -3,7 +3,8 @@
 // built-in ones: policies/attention/*.hpp; a user's may live in the user's file), with
 //   name                       a std::string_view constant (printed in logs and bench);
 //   forward(args, mask)        static, for every mask the model uses: TrainingMask
-//                              (training and evaluation over [xt, x0]),
+//                              (training and evaluation over [xt, x0], or over the xt
+//                              rows alone at B' = L: nq = nk = L or 2L per sequence),
 //                              BandedBlockCausalMask (the uncached reference) and
 //                              DecodeMask (KV-cached decode); writes args.out, and args.lse
 //                              when it is not null (the training forward asks for it);

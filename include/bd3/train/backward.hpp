@@ -2,8 +2,11 @@
 // Backward pass of BlockDiffusionModel's training forward (model.hpp, forward_train), by
 // hand, llm.c style: each layer's backward sits beside its forward in include/bd3/layers/
 // (shapes in their comments), and the one DiT block's backward (layers/dit_block.hpp)
-// runs for each layer, last to first. N = batch * 2L rows of [xt, x0], Nxt = batch * L
-// rows of the xt half, D hidden, F = 4D, H heads of Dh, C cond_dim.
+// runs for each layer, last to first. N = batch * R rows, R = act.rows_per_sequence: 2L
+// for [xt, x0], L for the xt rows alone (B' = L); Nxt = batch * L rows of the xt half,
+// D hidden, F = 4D, H heads of Dh, C cond_dim. Nothing else depends on the layout: xt row
+// r is activation row (r / L) R + r % L, the x0 rows (if any) are rows L..R-1 of each
+// sequence, and only the rows that exist reach the embedding.
 //
 // Gradients are accumulated (+=) into a flat buffer with the parameters' layout
 // (ParameterLayout). Reductions over rows (the modulation vectors, norm weights)
@@ -48,7 +51,8 @@ struct BackwardScratch {
 
 // Accumulates (+=) into grads (size layout.total(), the parameters' layout) the gradient
 // given dlogits [batch*L, V] (d loss / d act.logits) for the activations of
-// model.forward_train(xt, x0, batch, act, /*keep_for_backward=*/true[, dropout]).
+// model.forward_train(xt, x0, batch, act, /*keep_for_backward=*/true[, dropout]), of
+// either layout.
 // `ready`, when given, hears of each range of grads as soon as this backward is done with
 // it (data_parallel.hpp: a data-parallel run reduces that range while the rest runs).
 template <class Model>
@@ -68,9 +72,10 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
   const auto& cond = model.conditioning();
   const int L = cfg.model_length, D = cfg.hidden_dim, H = cfg.n_heads, F = 4 * D;
   const int V = cfg.vocab_size, n_layers = cfg.n_blocks;
-  const int batch = act.batch, rows_seq = 2 * L;
+  const int batch = act.batch, rows_seq = act.rows_per_sequence;
   const int64_t N = int64_t(batch) * rows_seq, Nxt = int64_t(batch) * L;
-  if (batch < 1 || act.rows_per_sequence != rows_seq || int(act.arena.layers.size()) != n_layers ||
+  const bool layout = rows_seq == 2 * L || (rows_seq == L && model.block_size() == L);
+  if (batch < 1 || !layout || int(act.arena.layers.size()) != n_layers ||
       act.arena.layers[0].x_in.size() != size_t(N) * D)
     fail("backward: the activations must come from forward_train(..., keep_for_backward = true)");
   if (xt.size() != size_t(Nxt) || x0.size() != size_t(Nxt))
@@ -100,9 +105,9 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
   s.block.dff.resize(size_t(N) * F);
   s.block.dqkv.resize(size_t(N) * 3 * D);
 
-  // ---- Output layer, xt rows only (row r of the xt half is row (r / L) 2L + r % L).
+  // ---- Output layer, xt rows only (row r of the xt half is row (r / L) R + r % L).
   {
-    auto row = [&](int64_t r) { return (r / L) * rows_seq + r % L; };
+    const RowMap row{L, rows_seq};
     std::vector<double> dmod;
     layers::output_backward<T>(
         dlogits, act.output, Nxt, D, V, W(lay.out_w), W(lay.norm_final), cond.final_a.data(),
@@ -132,7 +137,8 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
     std::vector<std::pair<int64_t, int64_t>> slabs;  // (first row, rows)
     if (l == n_layers - 1) {
       for (int b = 0; b < batch; ++b) slabs.push_back({int64_t(b) * rows_seq, L});
-      // dO of the x0 rows is zero: no gradient reaches them through attention.
+      // dO of the x0 rows (none in the xt-only layout) is zero: no gradient reaches them
+      // through attention.
       for (int b = 0; b < batch; ++b)
         std::fill(s.block.dh.begin() + (int64_t(b) * rows_seq + L) * D,
                   s.block.dh.begin() + (int64_t(b) + 1) * rows_seq * D, T(0));
@@ -165,7 +171,7 @@ void backward(const Model& model, std::span<const int32_t> xt, std::span<const i
     done(lay.layers[l].norm1, l + 1 < n_layers ? lay.layers[l + 1].norm1 : lay.norm_final);
   }
 
-  // ---- Embedding of [xt, x0].
+  // ---- Embedding of the rows that ran: [xt, x0] or xt alone.
   s.row_tokens.resize(size_t(N));
   for (int b = 0; b < batch; ++b)
     for (int i = 0; i < rows_seq; ++i)
