@@ -487,8 +487,7 @@ TEST_CASE("at B' = L the xt-only pass equals the [xt, x0] pass (float)", "[backw
 }
 
 TEST_CASE("the xt-only pass at B' = L matches finite differences", "[backward][fd][layout]") {
-  using Model =
-      BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, double>;
+  using Model = BlockDiffusionModel<BlockSize<dynamic>, BlockSparseAttention, double>;
   Model model(tiny_config(8, 8));
   REQUIRE(model.train_rows_per_sequence() == 8);
   randomize(model, 71);
